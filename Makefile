@@ -1,0 +1,31 @@
+# The two commands the README promises: `make book` and `make test`. Both create or reuse .venv.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+export TRIM_DATA_DIR ?= $(abspath ../shared/data)
+export TRIM_QUIET ?= 1
+
+.PHONY: book test venv clean
+
+venv: $(STAMP)
+
+$(STAMP): requirements.txt pyproject.toml
+	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -r requirements.txt
+	$(BIN)/pip install -q --no-deps -e .
+	$(BIN)/python -m ipykernel install --sys-prefix --name python3 >/dev/null
+	touch $(STAMP)
+
+# Executes every CPU chapter on the testbed (cached in _build/.jupyter_cache); warnings are errors.
+book: $(STAMP)
+	$(BIN)/jupyter-book build . --warningiserror --keep-going
+	@echo "open _build/html/index.html"
+
+# Library tests, then every chapter executed and its golden cells checked by nbval.
+test: $(STAMP)
+	$(BIN)/python -m pytest --nbval-lax --nbval-current-env tests book
+
+clean:
+	rm -rf _build

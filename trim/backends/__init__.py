@@ -1,0 +1,1 @@
+"""Backends that fill the `Generator` and `PRM` protocols."""

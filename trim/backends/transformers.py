@@ -1,0 +1,175 @@
+"""`transformers` backends: a batched, seeded step generator and a step-tag PRM.
+
+The same classes load the testbed's checkpoints on a CPU and Qwen2.5 / Qwen2.5-Math-PRM on a GPU; only
+the directory (and, for Qwen's PRM, `trust_remote_code`) changes."""
+
+from __future__ import annotations
+
+from functools import cached_property
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+from transformers import AutoModel, AutoModelForCausalLM, AutoModelForTokenClassification, AutoTokenizer
+
+from trim.protocols import STEP_DELIMITER, SamplingParams, StepProposal, StepRequest, request_seed
+from trim.sampling import sample_rows
+
+DEFAULT_INSTRUCTION = "Please reason step by step, and put your final answer within \\boxed{}."
+
+
+def _require_dir(path: str | Path, what: str) -> Path:
+    path = Path(path)
+    if not (path / "config.json").is_file():
+        raise FileNotFoundError(
+            f"{what}: no model at {path} (expected a transformers model directory with config.json). "
+            "Pass the directory of a saved model, or a hub id when online; the testbed's models are in "
+            "data/testbed/ of the repository."
+        )
+    return path
+
+
+def _load_tokenizer(source: str | Path):
+    tokenizer = AutoTokenizer.from_pretrained(str(source))
+    tokenizer.padding_side = "left"  # decoding appends on the right, so prompts align on the right
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def chat_prompt(tokenizer, question: str, steps: Sequence[str], system: str | None = None) -> str:
+    """The prompt that continues the assistant turn after the accepted steps (DESIGN.md section 1)."""
+    messages = [{"role": "system", "content": system}] if system else []
+    messages.append({"role": "user", "content": question})
+    if not steps:
+        return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    messages.append({"role": "assistant", "content": STEP_DELIMITER.join(steps) + STEP_DELIMITER})
+    return tokenizer.apply_chat_template(messages, tokenize=False, continue_final_message=True)
+
+
+class TransformersGenerator:
+    """Proposes the next step for a batch of prefixes with one batched, KV-cached decoding loop.
+
+    Rows are left-padded, decode in lockstep and stop at a token containing the step delimiter or at
+    EOS; each row samples from its own seeded stream (`trim.sampling`)."""
+
+    def __init__(self, model: str | Path, sampling: SamplingParams = SamplingParams(), name: str | None = None,
+                 seed: int = 0, device: str | None = None, dtype: torch.dtype | None = None,
+                 system_prompt: str | None = None, batch_size: int = 256):
+        source = _require_dir(model, "generator") if Path(str(model)).exists() or "/" not in str(model) else model
+        self.name = name or Path(str(model)).name
+        self.sampling, self.seed, self.system_prompt, self.batch_size = sampling, seed, system_prompt, batch_size
+        self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        self.tokenizer = _load_tokenizer(source)
+        self.model = AutoModelForCausalLM.from_pretrained(str(source), torch_dtype=dtype).to(self.device).eval()
+
+    @cached_property
+    def stop_ids(self) -> torch.Tensor:
+        """Every token whose text contains the delimiter (real BPEs merge '\\n\\n' with punctuation)."""
+        vocab = range(len(self.tokenizer))
+        texts = self.tokenizer.batch_decode([[i] for i in vocab])
+        ids = [i for i, t in zip(vocab, texts) if STEP_DELIMITER in t]
+        return torch.tensor(ids + [self.tokenizer.eos_token_id], device=self.device)
+
+    def prompt(self, request: StepRequest) -> str:
+        return chat_prompt(self.tokenizer, request.question, request.steps, self.system_prompt)
+
+    def propose(self, requests: Sequence[StepRequest]) -> list[StepProposal]:
+        out: list[StepProposal] = []
+        for start in range(0, len(requests), self.batch_size):
+            out.extend(self._propose_batch(requests[start: start + self.batch_size]))
+        return out
+
+    @torch.inference_mode()
+    def _propose_batch(self, requests: Sequence[StepRequest]) -> list[StepProposal]:
+        rngs = [np.random.default_rng(request_seed(self.seed + r.seed, self.name, r)) for r in requests]
+        enc = self.tokenizer([self.prompt(r) for r in requests], return_tensors="pt", padding=True,
+                             add_special_tokens=False).to(self.device)
+        mask = enc.attention_mask
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        out = self.model(input_ids=enc.input_ids, attention_mask=mask, position_ids=positions, use_cache=True)
+        n = len(requests)
+        generated = torch.full((n, self.sampling.max_step_tokens), self.tokenizer.pad_token_id, device=self.device)
+        lengths = torch.zeros(n, dtype=torch.long, device=self.device)
+        done = torch.zeros(n, dtype=torch.bool, device=self.device)
+        ended_by_eos = torch.zeros(n, dtype=torch.bool, device=self.device)
+        for t in range(self.sampling.max_step_tokens):
+            token = sample_rows(out.logits[:, -1], self.sampling, rngs).to(self.device)
+            token = torch.where(done, self.tokenizer.pad_token_id, token)
+            generated[:, t] = token
+            lengths += (~done).long()
+            ended_by_eos |= ~done & (token == self.tokenizer.eos_token_id)
+            done |= torch.isin(token, self.stop_ids)
+            if bool(done.all()):
+                break
+            mask = torch.cat([mask, (~done).long().unsqueeze(-1)], dim=-1)
+            positions = positions[:, -1:] + 1
+            out = self.model(input_ids=token.unsqueeze(-1), attention_mask=mask, position_ids=positions,
+                             past_key_values=out.past_key_values, use_cache=True)
+        proposals = []
+        for row in range(n):
+            ids = generated[row, : lengths[row]].tolist()
+            text = self.tokenizer.decode(ids, skip_special_tokens=True)
+            truncated = not bool(done[row])
+            text = text.split(STEP_DELIMITER)[0].strip()
+            proposals.append(StepProposal(text=text, tokens=len(ids), finished=bool(ended_by_eos[row]),
+                                          truncated=truncated))
+        return proposals
+
+
+class StepTagPRM:
+    """A PRM that reads every step followed by a step tag and scores P(correct) at each tag.
+
+    This is Qwen2.5-Math-PRM's interface: steps joined by `<extra_0>` in the assistant turn, a 2-label
+    head, reward = softmax(logits)[..., 1] at each tag. The testbed PRM is a token-classification model
+    with the same interface; Qwen's loads with `AutoModel(..., trust_remote_code=True)`."""
+
+    def __init__(self, model: str | Path, name: str | None = None, step_tag: str = "<extra_0>",
+                 device: str | None = None, dtype: torch.dtype | None = None, trust_remote_code: bool = False,
+                 system_prompt: str | None = None, batch_size: int = 64, max_length: int | None = None):
+        source = _require_dir(model, "PRM") if Path(str(model)).exists() or "/" not in str(model) else model
+        self.name = name or Path(str(model)).name
+        self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        self.tokenizer = _load_tokenizer(source)
+        self.step_tag, self.system_prompt, self.batch_size = step_tag, system_prompt, batch_size
+        self.step_tag_id = self.tokenizer.convert_tokens_to_ids(step_tag)
+        loader = AutoModel if trust_remote_code else AutoModelForTokenClassification
+        self.model = loader.from_pretrained(str(source), torch_dtype=dtype,
+                                            trust_remote_code=trust_remote_code).to(self.device).eval()
+        self.max_length = max_length or getattr(self.model.config, "max_position_embeddings", 4096)
+
+    def text(self, question: str, steps: Sequence[str]) -> str:
+        messages = [{"role": "system", "content": self.system_prompt}] if self.system_prompt else []
+        messages += [{"role": "user", "content": question},
+                     {"role": "assistant", "content": "".join(s + self.step_tag for s in steps)}]
+        return self.tokenizer.apply_chat_template(messages, tokenize=False, continue_final_message=True)
+
+    def score(self, questions: Sequence[str], steps: Sequence[Sequence[str]]) -> list[list[float]]:
+        scores: list[list[float]] = []
+        for start in range(0, len(questions), self.batch_size):
+            scores.extend(self._score_batch(questions[start: start + self.batch_size], steps[start: start + self.batch_size]))
+        return scores
+
+    @torch.inference_mode()
+    def _score_batch(self, questions, steps) -> list[list[float]]:
+        for q, s in zip(questions, steps):
+            for step in s:
+                if self.step_tag in step:
+                    raise ValueError(f"a step contains the PRM's step tag {self.step_tag!r}: {step!r}")
+        encoded = [self.tokenizer(self.text(q, s), add_special_tokens=False).input_ids for q, s in zip(questions, steps)]
+        # Left truncation: keep the latest steps and their tags, as the official release does.
+        encoded = [ids[-self.max_length:] for ids in encoded]
+        width = max(len(ids) for ids in encoded)
+        pad = self.tokenizer.pad_token_id
+        input_ids = torch.tensor([[pad] * (width - len(ids)) + ids for ids in encoded], device=self.device)
+        mask = (torch.arange(width, device=self.device) >= torch.tensor([width - len(ids) for ids in encoded], device=self.device).unsqueeze(-1)).long()
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        logits = self.model(input_ids=input_ids, attention_mask=mask, position_ids=positions).logits
+        probs = torch.softmax(logits.float(), dim=-1)[..., 1]
+        result = []
+        for row, s in enumerate(steps):
+            tag_scores = probs[row][input_ids[row] == self.step_tag_id].tolist()
+            # Steps whose tags were truncated away keep no score of their own; pad with NaN on the left.
+            result.append([float("nan")] * (len(s) - len(tag_scores)) + tag_scores)
+        return result

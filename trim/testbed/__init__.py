@@ -1,0 +1,48 @@
+"""The testbed: a weak and a strong language model and a PRM, trained by the project, that run on CPU.
+
+    from trim import testbed
+    tb = testbed.load()            # weak and strong generators, the PRM, the problem splits
+    tb.weak.propose(...)           # the same Generator protocol the real Qwen2.5 models fill
+
+See `trim.testbed.task` for the problems, `trim.testbed.train` for how the models were made and
+`trim testbed report` for their calibration against the real Qwen2.5 pair.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+from trim.protocols import SamplingParams
+
+DATA_DIR = Path(__file__).resolve().parents[2] / "data" / "testbed"
+
+# Pure sampling: the models were trained to reproduce their demonstrations' error rates, and truncating
+# the distribution (top-p/top-k, low temperature) would hide the very mistakes the book studies.
+SAMPLING = SamplingParams(temperature=1.0, top_p=1.0, top_k=0, max_step_tokens=48)
+
+
+@dataclasses.dataclass
+class Testbed:
+    weak: "TransformersGenerator"
+    strong: "TransformersGenerator"
+    prm: "StepTagPRM"
+    splits: dict
+    sampling: SamplingParams
+    seed: int
+
+
+def load(seed: int = 0, sampling: SamplingParams = SAMPLING, data_dir: str | Path = DATA_DIR, split_seed: int = 0) -> Testbed:
+    """Ready weak and strong generators, the PRM and the fixed problem splits (a few seconds on CPU)."""
+    import torch
+
+    from trim.backends.transformers import StepTagPRM, TransformersGenerator
+    from trim.testbed import task
+
+    torch.set_num_threads(min(2, torch.get_num_threads()))
+    data_dir = Path(data_dir)
+    weak = TransformersGenerator(data_dir / "weak", sampling=sampling, name="testbed-weak", seed=seed, device="cpu")
+    strong = TransformersGenerator(data_dir / "strong", sampling=sampling, name="testbed-strong", seed=seed, device="cpu")
+    prm = StepTagPRM(data_dir / "prm", name="testbed-prm", device="cpu")
+    splits = {name: task.make_split(name, seed=split_seed) for name in task.SPLITS}
+    return Testbed(weak=weak, strong=strong, prm=prm, splits=splits, sampling=sampling, seed=seed)

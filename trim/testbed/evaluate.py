@@ -1,0 +1,134 @@
+"""Measure the testbed models: next-step accuracy, whole solutions, errors by step type, PRM quality."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Sequence
+
+import numpy as np
+import pandas as pd
+
+from trim.protocols import StepRequest
+from trim.testbed import task
+
+MAX_STEPS = 30
+
+
+@dataclasses.dataclass
+class Sample:
+    """One model-written solution with exact step labels."""
+
+    problem: task.ChainProblem
+    steps: list[str]
+    tokens: list[int]
+    step_correct: list[bool]   # each step correct given its own prefix
+    answer_correct: bool
+
+    @property
+    def on_track(self) -> list[bool]:
+        """Step t is on track iff steps 1..t are all correct (the PRM's label, see prm_training)."""
+        return list(np.cumprod(self.step_correct).astype(bool))
+
+
+def next_step_samples(generator, problems: Sequence[task.ChainProblem], seed: int = 0) -> pd.DataFrame:
+    """One sampled step after every gold prefix of every problem, checked exactly."""
+    requests, meta = [], []
+    for p in problems:
+        gold = p.gold_steps()
+        for i in range(len(gold)):
+            requests.append(StepRequest(p.id, p.question, tuple(gold[:i]), seed))
+            meta.append((p, i))
+    proposals = generator.propose(requests)
+    rows = []
+    for (p, i), proposal in zip(meta, proposals):
+        rows.append({"problem_id": p.id, "step": i + 1, "step_type": p.step_types[i], "tokens": proposal.tokens,
+                     "correct": task.check_step(p, p.gold_steps()[:i], proposal.text)})
+    return pd.DataFrame(rows)
+
+
+def sample_solutions(generator, problems: Sequence[task.ChainProblem], seed: int = 0) -> list[Sample]:
+    """Whole solutions written by one model alone, step by step, all problems in lockstep."""
+    steps: dict[str, list[str]] = {p.id: [] for p in problems}
+    tokens: dict[str, list[int]] = {p.id: [] for p in problems}
+    active = list(problems)
+    for _ in range(MAX_STEPS):
+        if not active:
+            break
+        proposals = generator.propose([StepRequest(p.id, p.question, tuple(steps[p.id]), seed) for p in active])
+        still = []
+        for p, proposal in zip(active, proposals):
+            steps[p.id].append(proposal.text)
+            tokens[p.id].append(proposal.tokens)
+            if not (proposal.finished or "\\boxed" in proposal.text or proposal.truncated):
+                still.append(p)
+        active = still
+    samples = []
+    for p in problems:
+        labels = task.step_labels(p, steps[p.id])
+        final = task.step_result(steps[p.id][-1]) if steps[p.id] else None
+        boxed = "\\boxed" in steps[p.id][-1] if steps[p.id] else False
+        samples.append(Sample(p, steps[p.id], tokens[p.id], labels, boxed and final == int(p.answer)))
+    return samples
+
+
+def solution_table(samples: Sequence[Sample]) -> dict[str, float]:
+    has_error = [s for s in samples if not all(s.step_correct)]
+    return {
+        "solution_accuracy": float(np.mean([s.answer_correct for s in samples])),
+        "cascade_recovery": float(np.mean([s.answer_correct for s in has_error])) if has_error else 0.0,
+        "solutions_with_error": len(has_error),
+        "tokens_per_solution": float(np.mean([sum(s.tokens) for s in samples])),
+        "tokens_per_step": float(np.mean([t for s in samples for t in s.tokens])),
+    }
+
+
+def prm_step_table(prm, samples: Sequence[Sample]) -> pd.DataFrame:
+    """PRM score of every step of every sample, beside its exact labels."""
+    scores = prm.score([s.problem.question for s in samples], [s.steps for s in samples])
+    rows = []
+    for s, sc in zip(samples, scores):
+        first_error = next((i for i, ok in enumerate(s.step_correct) if not ok), -1)
+        for i, (r, ok, track) in enumerate(zip(sc, s.step_correct, s.on_track)):
+            rows.append({"problem_id": s.problem.id, "step": i + 1, "step_type": s.problem.step_types[i]
+                         if i < len(s.problem.operations) else "extra", "score": r, "correct": ok,
+                         "on_track": track, "first_error": first_error})
+    return pd.DataFrame(rows)
+
+
+def auroc(scores: np.ndarray, labels: np.ndarray) -> float:
+    """Area under the ROC curve as the Mann-Whitney statistic (ties count half)."""
+    from scipy.stats import rankdata
+
+    labels = np.asarray(labels).astype(bool)
+    positives, negatives = labels.sum(), (~labels).sum()
+    if positives == 0 or negatives == 0:
+        raise ValueError("AUROC needs both correct and wrong steps")
+    ranks = rankdata(scores)
+    return float((ranks[labels].sum() - positives * (positives + 1) / 2) / (positives * negatives))
+
+
+def expected_calibration_error(scores: np.ndarray, labels: np.ndarray, bins: int = 10) -> float:
+    edges = np.linspace(0, 1, bins + 1)
+    which = np.clip(np.digitize(scores, edges[1:-1]), 0, bins - 1)
+    ece = 0.0
+    for b in range(bins):
+        sel = which == b
+        if sel.any():
+            ece += sel.mean() * abs(scores[sel].mean() - labels[sel].mean())
+    return float(ece)
+
+
+def processbench_f1(table: pd.DataFrame, threshold: float = 0.5) -> dict[str, float]:
+    """ProcessBench's metric: predicted first error = first step scored below `threshold` (-1 if none);
+    accuracy on erroneous and on correct solutions, and their harmonic mean (F1)."""
+    predicted, actual = [], []
+    for _, group in table.groupby("problem_id", sort=False):
+        below = np.flatnonzero(group["score"].to_numpy() < threshold)
+        predicted.append(int(below[0]) if len(below) else -1)
+        actual.append(int(group["first_error"].iloc[0]))
+    predicted, actual = np.array(predicted), np.array(actual)
+    err, ok = actual >= 0, actual < 0
+    acc_err = float((predicted[err] == actual[err]).mean()) if err.any() else 0.0
+    acc_ok = float((predicted[ok] == -1).mean()) if ok.any() else 0.0
+    f1 = 2 * acc_err * acc_ok / (acc_err + acc_ok) if acc_err + acc_ok else 0.0
+    return {"error_acc": acc_err, "correct_acc": acc_ok, "f1": f1}

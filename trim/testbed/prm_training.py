@@ -1,0 +1,107 @@
+"""Train the testbed PRM: a token-classification model that scores every step at its `<extra_0>` tag.
+
+Labels. Step t is labelled *correct* iff steps 1..t are all exactly correct (the prefix is still on
+track). On this task that is the Math-Shepherd "hard" Monte-Carlo label with a perfect completer (a step
+is good iff the right answer is still reachable from it) up to the rare lucky recoveries, it is what
+ProcessBench's first-error index encodes, and it matches how Qwen2.5-Math-PRM behaves after a mistake:
+every later step scores low. It is exact, so the PRM's noise comes from the PRM itself, as it should.
+
+Data. Whole solutions sampled from the trained weak and strong models on training problems (their real
+mistakes, capacity errors included), mixed half and half with fresh demonstrations at the weak and
+strong slip rates so the PRM sees many more distinct problems than sampling on a CPU affords.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from transformers import LlamaForTokenClassification, PreTrainedTokenizerFast
+
+from trim.backends.transformers import StepTagPRM, TransformersGenerator
+from trim.testbed import SAMPLING, task
+from trim.testbed.evaluate import sample_solutions
+from trim.testbed.tokenizer import STEP_TAG
+from trim.testbed.train import DEFAULT_DIR, cosine_lr, length_bucketed, llama_config
+
+
+def prm_example(tokenizer, question: str, steps: list[str], on_track: list[bool]) -> tuple[list[int], list[int]]:
+    """Token ids of the PRM input and a label at every step tag (-100 elsewhere)."""
+    text = StepTagPRM.text(_TextOnly(tokenizer), question, steps)
+    ids = tokenizer(text, add_special_tokens=False).input_ids
+    tag = tokenizer.convert_tokens_to_ids(STEP_TAG)
+    labels_iter = iter(on_track)
+    labels = [int(next(labels_iter)) if i == tag else -100 for i in ids]
+    return ids, labels
+
+
+class _TextOnly:
+    """Just enough of a StepTagPRM to render its input text without loading a model."""
+
+    def __init__(self, tokenizer):
+        self.tokenizer, self.step_tag, self.system_prompt = tokenizer, STEP_TAG, None
+
+
+def collate(examples: list[tuple[list[int], list[int]]], pad_id: int) -> dict[str, torch.Tensor]:
+    width = max(len(ids) for ids, _ in examples)
+    ids = torch.full((len(examples), width), pad_id)
+    labels = torch.full((len(examples), width), -100)
+    mask = torch.zeros((len(examples), width), dtype=torch.long)
+    for row, (i, l) in enumerate(examples):
+        ids[row, : len(i)], labels[row, : len(l)], mask[row, : len(i)] = torch.tensor(i), torch.tensor(l), 1
+    return {"input_ids": ids, "attention_mask": mask, "labels": labels}
+
+
+def train_prm(args) -> None:
+    torch.manual_seed(args.seed)
+    torch.set_num_threads(args.threads)
+    start = time.time()
+    tokenizer = PreTrainedTokenizerFast.from_pretrained(args.tokenizer)
+    train_problems = task.make_split("train", seed=0)
+    pools = {}
+    for role, offset, count in (("weak", 0, args.weak_samples), ("strong", args.weak_samples, args.strong_samples)):
+        generator = TransformersGenerator(DEFAULT_DIR / role, sampling=SAMPLING, name=f"testbed-{role}", seed=args.seed, device="cpu")
+        pools[role] = sample_solutions(generator, train_problems[offset: offset + count], seed=args.seed)
+        print(f"sampled {count} {role} solutions in {time.time() - start:.0f} s", flush=True)
+    sampled = [(s.problem.question, s.steps, s.on_track) for pool in pools.values() for s in pool]
+    sampling_time = time.time() - start
+
+    model = LlamaForTokenClassification(llama_config("prm", tokenizer, num_labels=2))
+    optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.01, betas=(0.9, 0.98))
+    rng = np.random.default_rng([args.seed, 11])
+    demos = length_bucketed(task.iter_problems(args.seed + 1), args.batch_size // 2, rng)
+    out = Path(args.out or DEFAULT_DIR / "prm")
+    history = []
+    for step in range(args.steps):
+        for group in optimizer.param_groups:
+            group["lr"] = cosine_lr(step, args.steps, args.lr)
+        batch = [sampled[i] for i in rng.choice(len(sampled), args.batch_size // 2, replace=False)]
+        for p in next(demos):
+            rates = task.WEAK_SLIP_RATES if rng.random() < 0.7 else task.STRONG_SLIP_RATES
+            steps, correct = task.demonstration(p, rng, rates)
+            batch.append((p.question, steps, list(np.cumprod(correct).astype(bool))))
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            loss = model(**collate([prm_example(tokenizer, *b) for b in batch], tokenizer.pad_token_id)).loss
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        if (step + 1) % args.eval_every == 0 or step + 1 == args.steps:
+            history.append({"step": step + 1, "loss": round(loss.item(), 4), "minutes": round((time.time() - start) / 60, 1)})
+            print(json.dumps(history[-1]), flush=True)
+            model.save_pretrained(out)
+            tokenizer.save_pretrained(out)
+            (out / "training.json").write_text(json.dumps({
+                "command": " ".join(["python -m trim.testbed.train"] + sys.argv[1:]), "seed": args.seed,
+                "role": "prm", "parameters": sum(p.numel() for p in model.parameters()),
+                "labels": "on-track: steps 1..t all exactly correct", "steps_done": step + 1,
+                "steps_planned": args.steps, "batch_size": args.batch_size,
+                "sampled_solutions": {role: len(pool) for role, pool in pools.items()},
+                "sampling_wall_time_s": round(sampling_time, 1), "sampling": SAMPLING.__dict__,
+                "fresh_demonstrations_seen": (step + 1) * (args.batch_size - args.batch_size // 2),
+                "wall_time_s": round(time.time() - start, 1), "threads": args.threads, "history": history,
+            }, indent=2) + "\n")

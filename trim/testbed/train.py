@@ -1,0 +1,211 @@
+"""Train the testbed: tokenizer, weak and strong language models, and the PRM, reproducibly from a seed.
+
+    python -m trim.testbed.train tokenizer
+    python -m trim.testbed.train lm --role weak --steps 3000
+    python -m trim.testbed.train lm --role strong --steps 3000
+    python -m trim.testbed.train prm --steps 2000
+
+Each command writes a `transformers` model directory under `data/testbed/` with a `training.json`
+beside the weights recording the command, seed, wall time and data sizes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from transformers import LlamaConfig, LlamaForCausalLM, LlamaForTokenClassification, PreTrainedTokenizerFast
+
+from trim.testbed import task
+from trim.testbed.tokenizer import build_tokenizer
+
+DEFAULT_DIR = Path(__file__).resolve().parents[2] / "data" / "testbed"
+
+# Sizes: the strong model is wider and deeper than the weak one, as Qwen2.5-7B is to 1.5B.
+MODEL_SIZES = {
+    "weak": dict(hidden_size=128, intermediate_size=384, num_hidden_layers=4, num_attention_heads=4),
+    "strong": dict(hidden_size=144, intermediate_size=432, num_hidden_layers=5, num_attention_heads=4),
+    "prm": dict(hidden_size=128, intermediate_size=384, num_hidden_layers=4, num_attention_heads=4),
+}
+SLIP_RATES = {"weak": task.WEAK_SLIP_RATES, "strong": task.STRONG_SLIP_RATES}
+MAX_POSITIONS = 320
+
+
+def llama_config(role: str, tokenizer: PreTrainedTokenizerFast, **extra) -> LlamaConfig:
+    size = MODEL_SIZES[role]
+    return LlamaConfig(
+        vocab_size=len(tokenizer),
+        num_key_value_heads=size["num_attention_heads"],
+        max_position_embeddings=MAX_POSITIONS,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        tie_word_embeddings=True,
+        **size,
+        **extra,
+    )
+
+
+def training_text(tokenizer, question: str, steps: list[str]) -> tuple[str, str]:
+    """(prompt, completion) exactly as the chat template renders a continued assistant turn."""
+    prompt = tokenizer.apply_chat_template([{"role": "user", "content": question}], tokenize=False,
+                                           add_generation_prompt=True)
+    return prompt, task.STEP_DELIMITER.join(steps) + tokenizer.eos_token
+
+
+def lm_batch(tokenizer, examples: list[tuple[str, str]]) -> dict[str, torch.Tensor]:
+    """Right-padded batch; the loss covers the completion only (the question is not predictable)."""
+    prompts = tokenizer([p for p, _ in examples], add_special_tokens=False).input_ids
+    completions = tokenizer([c for _, c in examples], add_special_tokens=False).input_ids
+    length = max(len(p) + len(c) for p, c in zip(prompts, completions))
+    ids = torch.full((len(examples), length), tokenizer.pad_token_id)
+    labels = torch.full((len(examples), length), -100)
+    mask = torch.zeros((len(examples), length), dtype=torch.long)
+    for row, (p, c) in enumerate(zip(prompts, completions)):
+        ids[row, : len(p) + len(c)] = torch.tensor(p + c)
+        labels[row, len(p): len(p) + len(c)] = torch.tensor(c)
+        mask[row, : len(p) + len(c)] = 1
+    return {"input_ids": ids, "attention_mask": mask, "labels": labels}
+
+
+@torch.no_grad()
+def expected_step_accuracy(model, tokenizer, problems) -> dict[str, float]:
+    """P(the model samples exactly the gold step | gold prefix) at temperature 1, per step type.
+
+    Correctness is exact match, so this teacher-forced product of token probabilities (terminator
+    included) *is* the next-step accuracy of pure sampling, computed without sampling noise."""
+    model.eval()
+    delimiter = tokenizer.convert_tokens_to_ids(tokenizer.tokenize(task.STEP_DELIMITER))[0]
+    stops = {delimiter, tokenizer.eos_token_id}
+    per_type: dict[str, list[float]] = {op: [] for op in task.OP_TYPES}
+    for start in range(0, len(problems), 64):
+        chunk = problems[start: start + 64]
+        batch = lm_batch(tokenizer, [training_text(tokenizer, p.question, p.gold_steps()) for p in chunk])
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        logp = torch.log_softmax(logits[:, :-1].float(), -1)
+        targets = batch["labels"][:, 1:]
+        token_logp = logp.gather(-1, targets.clamp(min=0).unsqueeze(-1)).squeeze(-1)
+        for row, problem in enumerate(chunk):
+            step, total = 0, 0.0
+            for pos in (targets[row] != -100).nonzero().flatten().tolist():
+                total += token_logp[row, pos].item()
+                if targets[row, pos].item() in stops:
+                    per_type[problem.step_types[step]].append(math.exp(total))
+                    step, total = step + 1, 0.0
+    model.train()
+    result = {op: float(np.mean(v)) for op, v in per_type.items() if v}
+    result["all"] = float(np.mean([x for v in per_type.values() for x in v]))
+    return result
+
+
+def length_bucketed(stream, batch_size: int, rng: np.random.Generator, pool_batches: int = 8):
+    """Batches of similar chain length (padding costs as much CPU as real tokens), in random order."""
+    while True:
+        pool = sorted((next(stream) for _ in range(batch_size * pool_batches)), key=lambda p: len(p.operations))
+        chunks = [pool[i: i + batch_size] for i in range(0, len(pool), batch_size)]
+        for index in rng.permutation(len(chunks)):
+            yield chunks[index]
+
+
+def _write_record(out: Path, record: dict) -> None:
+    (out / "training.json").write_text(json.dumps(record, indent=2) + "\n")
+
+
+def cosine_lr(step: int, total: int, peak: float, warmup: int = 200) -> float:
+    if step < warmup:
+        return peak * (step + 1) / warmup
+    progress = (step - warmup) / max(1, total - warmup)
+    return peak * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+def train_tokenizer(args) -> None:
+    start = time.time()
+    rng = np.random.default_rng(args.seed)
+    problems = task.make_split("train", seed=args.seed)
+    corpus = [p.question for p in problems]
+    corpus += [task.STEP_DELIMITER.join(task.demonstration(p, rng, task.WEAK_SLIP_RATES)[0]) for p in problems]
+    tokenizer = build_tokenizer(corpus)
+    out = Path(args.out or DEFAULT_DIR / "tokenizer")
+    tokenizer.save_pretrained(out)
+    _write_record(out, {"command": " ".join(sys.argv), "seed": args.seed, "corpus_texts": len(corpus),
+                        "vocab_size": len(tokenizer), "wall_time_s": round(time.time() - start, 1)})
+    print(f"tokenizer with {len(tokenizer)} tokens -> {out}")
+
+
+def train_lm(args) -> None:
+    torch.manual_seed(args.seed)
+    torch.set_num_threads(args.threads)
+    tokenizer = PreTrainedTokenizerFast.from_pretrained(args.tokenizer)
+    model = LlamaForCausalLM(llama_config(args.role, tokenizer))
+    out = Path(args.out or DEFAULT_DIR / args.role)
+    rng = np.random.default_rng([args.seed, 7])
+    stream = task.iter_problems(args.seed)
+    validation = task.make_split("validation", size=256)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.01, betas=(0.9, 0.98))
+    start, history = time.time(), []
+    batches = length_bucketed(stream, args.batch_size, np.random.default_rng([args.seed, 8]))
+    for step in range(args.steps):
+        for group in optimizer.param_groups:
+            group["lr"] = cosine_lr(step, args.steps, args.lr)
+        problems = next(batches)
+        examples = [training_text(tokenizer, p.question, task.demonstration(p, rng, SLIP_RATES[args.role])[0])
+                    for p in problems]
+        with torch.autocast("cpu", dtype=torch.bfloat16):  # twice as fast on CPUs with bf16 units
+            loss = model(**lm_batch(tokenizer, examples)).loss
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        if (step + 1) % args.eval_every == 0 or step + 1 == args.steps:
+            acc = expected_step_accuracy(model, tokenizer, validation)
+            history.append({"step": step + 1, "loss": round(loss.item(), 4),
+                            "minutes": round((time.time() - start) / 60, 1), **{k: round(v, 4) for k, v in acc.items()}})
+            print(json.dumps(history[-1]), flush=True)
+            model.save_pretrained(out)
+            tokenizer.save_pretrained(out)
+            _write_record(out, {
+                "command": " ".join(["python -m trim.testbed.train"] + sys.argv[1:]), "seed": args.seed,
+                "role": args.role, "parameters": sum(p.numel() for p in model.parameters()),
+                "steps_done": step + 1, "steps_planned": args.steps, "batch_size": args.batch_size,
+                "training_problems_seen": (step + 1) * args.batch_size, "slip_rates": SLIP_RATES[args.role],
+                "wall_time_s": round(time.time() - start, 1), "threads": args.threads, "history": history})
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m trim.testbed.train", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="what", required=True)
+    p_tok = sub.add_parser("tokenizer", help="train the byte-level BPE tokenizer")
+    p_lm = sub.add_parser("lm", help="train the weak or the strong language model")
+    p_lm.add_argument("--role", choices=["weak", "strong"], required=True, help="which model to train")
+    p_prm = sub.add_parser("prm", help="train the process reward model on weak and strong samples")
+    for p in (p_tok, p_lm, p_prm):
+        p.add_argument("--seed", type=int, default=0, help="seed for data, initialisation and slips")
+        p.add_argument("--out", default=None, help="output directory (default: data/testbed/<name>)")
+    p_prm.add_argument("--weak-samples", type=int, default=3000, help="weak solutions sampled for PRM data")
+    p_prm.add_argument("--strong-samples", type=int, default=1000, help="strong solutions sampled for PRM data")
+    for p in (p_lm, p_prm):
+        p.add_argument("--tokenizer", default=str(DEFAULT_DIR / "tokenizer"), help="tokenizer directory")
+        p.add_argument("--steps", type=int, default=3000, help="optimizer steps")
+        p.add_argument("--batch-size", type=int, default=64, help="sequences per step")
+        p.add_argument("--lr", type=float, default=2e-3, help="peak learning rate (cosine schedule)")
+        p.add_argument("--eval-every", type=int, default=250, help="validate and checkpoint every N steps")
+        p.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    args = parser.parse_args(argv)
+    if args.what == "tokenizer":
+        train_tokenizer(args)
+    elif args.what == "lm":
+        train_lm(args)
+    else:
+        from trim.testbed.prm_training import train_prm
+        train_prm(args)
+
+
+if __name__ == "__main__":
+    main()
