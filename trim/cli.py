@@ -58,6 +58,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="trim", description="Targeted step-level routing (TRIM): run, sweep and measure routing policies.")
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    from trim import routing_cli
+
+    routing_cli.register(sub)
     for add in (_add_data, _add_grade, _add_testbed):
         add(sub)
     return parser

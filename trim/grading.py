@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from math_verify import LatexExtractionConfig, parse, verify
-from tqdm import tqdm
+from trim.progress import progress_bar
 
 __all__ = ["Grade", "GradingStats", "extract_answer", "is_equivalent", "grade", "grade_many",
            "grading_stats", "reset_grading_stats"]
@@ -297,8 +297,7 @@ def grade_many(golds: Sequence[str | None], solutions: Sequence[str | None], wor
         raise ValueError(f"{len(golds)} golds but {len(solutions)} solutions")
     jobs = [(g, s, timeout) for g, s in zip(golds, solutions)]
     workers = min(8, os.cpu_count() or 1) if workers is None else workers
-    disable = True if os.environ.get("TRIM_QUIET") == "1" else None  # None: off when not a tty
-    bar = tqdm(total=len(jobs), desc=desc, disable=disable)
+    bar = progress_bar(total=len(jobs), desc=desc)
     results: list[Grade] = []
     ex: concurrent.futures.Executor | None = None
     try:

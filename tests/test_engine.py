@@ -1,0 +1,170 @@
+"""The TRIM loop's semantics on scripted models: what is regenerated, what stops, what is traced."""
+
+import dataclasses
+import json
+
+import pytest
+
+from trim.cache import CachedGenerator, CachedPRM
+from trim.engine import RunSettings, run_policy
+from trim.policies import RSD, RandomRegeneration, StrongOnly, Threshold, WeakOnly, make_policy
+from trim.protocols import SamplingParams, StepProposal
+from trim.traces import read_traces, save_parquet, steps_frame, traces_frame
+
+
+@dataclasses.dataclass(frozen=True)
+class Problem:
+    id: str
+    question: str
+    answer: str
+
+
+class ScriptedGenerator:
+    """Writes step i as `<name> step i`, or the scripted text; the last step boxes the answer."""
+
+    def __init__(self, name, length=3, answer="7", bad_steps=(), empty_steps=()):
+        self.name, self.seed, self.sampling = name, 0, SamplingParams()
+        self.length, self.answer, self.bad, self.empty = length, answer, set(bad_steps), set(empty_steps)
+        self.calls = []
+
+    def prompt(self, request):
+        return f"{request.question}|{'|'.join(request.steps)}"
+
+    def propose(self, requests):
+        self.calls.append(len(requests))
+        out = []
+        for r in requests:
+            i = len(r.steps) + 1
+            text = f"{self.name} {'bad' if i in self.bad else 'ok'} step {i}"
+            if i in self.empty:
+                text = ""
+            if i == self.length:
+                text += f" so \\boxed{{{self.answer}}}"
+            out.append(StepProposal(text=text, tokens=len(text.split()), finished=False, truncated=False))
+        return out
+
+
+class KeywordPRM:
+    name = "keyword-prm"
+
+    def __init__(self):
+        self.calls = 0
+
+    def score(self, questions, steps):
+        self.calls += 1
+        return [[0.1 if "bad" in s else 0.9 for s in prefix] for prefix in steps]
+
+
+PROBLEMS = [Problem(f"p{i}", f"question {i}", "7") for i in range(4)]
+
+
+def test_threshold_regenerates_only_the_low_scored_step_and_returns_control_to_weak():
+    weak, strong = ScriptedGenerator("weak", bad_steps={2}), ScriptedGenerator("strong")
+    records = run_policy(PROBLEMS, Threshold(0.5), weak, strong, KeywordPRM())
+    for r in records:
+        assert [s["model"] for s in r["steps"]] == ["weak", "strong", "weak"]
+        assert r["steps"][1]["text"] == "strong ok step 2" and r["steps"][1]["weak_candidate"] == "weak bad step 2"
+        assert r["steps"][1]["discarded_tokens"] == 4 and r["discarded_tokens"] == 4
+        assert r["strong_tokens"] == 4 and r["correct"] and r["stop_reason"] == "boxed"
+        assert [s["decision"] for s in r["steps"]] == ["continue", "regenerate", "continue"]
+    # Lockstep: one weak batch per step for all problems, one strong batch for the flagged rows.
+    assert weak.calls == [4, 4, 4] and strong.calls == [4]
+
+
+def test_weak_only_and_strong_only_endpoints():
+    weak, strong = ScriptedGenerator("weak", bad_steps={2}, answer="8"), ScriptedGenerator("strong")
+    prm = KeywordPRM()
+    weak_records = run_policy(PROBLEMS, WeakOnly(), weak, strong, prm)
+    assert all(r["strong_tokens"] == 0 and not r["correct"] for r in weak_records)
+    weak.calls.clear()
+    prm.calls = 0
+    strong_records = run_policy(PROBLEMS, StrongOnly(), weak, strong, prm)
+    assert weak.calls == [] and prm.calls == 0  # strong-only never asks the weak model or the PRM
+    assert all(r["correct"] and r["weak_tokens"] == 0 and r["strong_tokens"] > 0 for r in strong_records)
+
+
+def test_threshold_one_matches_strong_only_answers_and_strong_tokens():
+    weak, strong = ScriptedGenerator("weak"), ScriptedGenerator("strong")
+    a = run_policy(PROBLEMS, Threshold(1.0), weak, strong, KeywordPRM())
+    b = run_policy(PROBLEMS, StrongOnly(), weak, strong, KeywordPRM())
+    assert [r["strong_tokens"] for r in a] == [r["strong_tokens"] for r in b]
+    assert [[s["text"] for s in r["steps"]] for r in a] == [[s["text"] for s in r["steps"]] for r in b]
+
+
+def test_stops_at_max_steps_and_max_tokens():
+    weak = ScriptedGenerator("weak", length=100)
+    records = run_policy(PROBLEMS[:1], WeakOnly(), weak, ScriptedGenerator("strong"), KeywordPRM(), RunSettings(max_steps=5))
+    assert records[0]["num_steps"] == 5 and records[0]["stop_reason"] == "max-steps" and not records[0]["correct"]
+    assert records[0]["grade_status"] == "no_answer"
+    records = run_policy(PROBLEMS[:1], WeakOnly(), weak, ScriptedGenerator("strong"), KeywordPRM(), RunSettings(max_tokens=10))
+    assert records[0]["stop_reason"] == "max-tokens" and records[0]["num_steps"] == 3
+
+
+def test_an_empty_weak_step_is_written_by_the_strong_model_and_counted():
+    weak, strong = ScriptedGenerator("weak", empty_steps={2}), ScriptedGenerator("strong")
+    r = run_policy(PROBLEMS[:1], WeakOnly(), weak, strong, KeywordPRM())[0]
+    assert r["empty_steps"] == 1 and r["steps"][1]["model"] == "strong" and r["correct"]
+
+
+def test_traces_append_resume_and_refuse_other_settings(tmp_path):
+    path = tmp_path / "thr.jsonl"
+    weak, strong = ScriptedGenerator("weak", bad_steps={1}), ScriptedGenerator("strong")
+    run_policy(PROBLEMS[:2], Threshold(0.5), weak, strong, KeywordPRM(), trace_path=path)
+    assert len(read_traces(path)) == 2
+    # A crash mid-write leaves half a line: it is dropped and the finished problems are not redone.
+    with path.open("a") as fh:
+        fh.write('{"problem_id": "p2", "trunc')
+    weak.calls.clear()
+    records = run_policy(PROBLEMS, Threshold(0.5), weak, strong, KeywordPRM(), trace_path=path)
+    assert weak.calls == [2, 2, 2]  # only p2 and p3 were solved
+    assert [r["problem_id"] for r in records] == ["p0", "p1", "p2", "p3"]
+    assert [r["problem_id"] for r in read_traces(path)] == ["p0", "p1", "p2", "p3"]
+    with pytest.raises(ValueError, match="other settings"):
+        run_policy(PROBLEMS, Threshold(0.6), weak, strong, KeywordPRM(), trace_path=path)
+
+
+def test_traces_record_settings_and_load_as_frames(tmp_path):
+    records = run_policy(PROBLEMS, RSD(), ScriptedGenerator("weak", bad_steps={3}), ScriptedGenerator("strong"),
+                         KeywordPRM(), RunSettings(seed=5))
+    settings = records[0]["settings"]
+    assert settings["seed"] == 5 and settings["policy_params"] == {"k": 0.7} and settings["weak"] == "weak"
+    assert settings["sampling_weak"]["temperature"] == 0.7
+    frame = traces_frame(records)
+    assert len(frame) == 4 and frame["correct"].all()
+    steps = steps_frame(records)
+    assert len(steps) == 12 and (steps.groupby("model").size().to_dict() == {"strong": 4, "weak": 8})
+    save_parquet(records, tmp_path / "t.parquet")
+    import pandas as pd
+
+    back = pd.read_parquet(tmp_path / "t.parquet")
+    assert json.loads(back["steps"][0])[2]["model"] == "strong"
+
+
+def test_cache_serves_shared_prefixes_once():
+    weak = CachedGenerator(ScriptedGenerator("weak", bad_steps={2}))
+    strong = CachedGenerator(ScriptedGenerator("strong"))
+    prm = CachedPRM(KeywordPRM())
+    first = run_policy(PROBLEMS, Threshold(0.5), weak, strong, prm)
+    misses = (weak.misses, strong.misses, prm.misses)
+    second = run_policy(PROBLEMS, Threshold(0.6), weak, strong, prm)
+    assert (weak.misses, strong.misses, prm.misses) == misses  # nothing new to generate or score
+    assert [r["steps"] for r in first] == [r["steps"] for r in second]
+
+
+def test_random_policy_is_deterministic_and_matches_its_rate():
+    from trim.policies import Observation
+
+    policy = RandomRegeneration(0.3, seed=1)
+    obs = [Observation(f"p{i}", j, 0.5, (), 5, 0, 0) for i in range(200) for j in range(1, 6)]
+    decisions = policy.regenerate_batch(obs)
+    assert decisions == RandomRegeneration(0.3, seed=1).regenerate_batch(obs)
+    assert 0.25 < sum(decisions) / len(decisions) < 0.35
+
+
+def test_policy_factory_rejects_bad_values():
+    with pytest.raises(ValueError, match="threshold k must be in"):
+        Threshold(1.5)
+    with pytest.raises(ValueError, match="unknown policy"):
+        make_policy("nope")
+    with pytest.raises(ValueError, match="needs a value"):
+        make_policy("thr")

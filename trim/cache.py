@@ -1,0 +1,68 @@
+"""Caches for generations and PRM scores, so that a sweep pays once for every shared prefix.
+
+A step is keyed by the generator's name, sampling settings, seeds and the *rendered prompt* (which
+pins the prompt template, the problem and the accepted prefix); PRM scores by the PRM's name and the
+(question, steps). Because sampling is seeded per (problem, prefix, model), a cached step is exactly
+the step the model would produce again: the cache changes cost, never results."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from typing import Sequence
+
+from trim.protocols import StepProposal, StepRequest
+
+
+def _digest(*parts: str) -> str:
+    return hashlib.blake2b("\x1f".join(parts).encode(), digest_size=16).hexdigest()
+
+
+class CachedGenerator:
+    """Wraps a generator; counts hits and misses and asks the model only for misses."""
+
+    def __init__(self, generator, store: dict | None = None):
+        self.generator = generator
+        self.name, self.sampling = generator.name, generator.sampling
+        self.store = {} if store is None else store
+        self.hits = self.misses = 0
+        self.decoded_tokens = 0   # tokens the model actually decoded (misses only)
+
+    def key(self, request: StepRequest) -> str:
+        return _digest(self.name, json.dumps(dataclasses.asdict(self.sampling), sort_keys=True),
+                       str(self.generator.seed), str(request.seed), request.problem_id,
+                       self.generator.prompt(request))
+
+    def propose(self, requests: Sequence[StepRequest]) -> list[StepProposal]:
+        keys = [self.key(r) for r in requests]
+        missing = [i for i, k in enumerate(keys) if k not in self.store]
+        # Duplicate requests inside one batch are asked once.
+        unique = list(dict.fromkeys(keys[i] for i in missing))
+        first = {k: next(i for i in missing if keys[i] == k) for k in unique}
+        for key, proposal in zip(unique, self.generator.propose([requests[first[k]] for k in unique])):
+            self.store[key] = proposal
+            self.decoded_tokens += proposal.tokens
+        self.misses += len(unique)
+        self.hits += len(requests) - len(unique)
+        return [self.store[k] for k in keys]
+
+    def __getattr__(self, item):  # prompt(), tokenizer, seed ... of the wrapped generator
+        return getattr(self.generator, item)
+
+
+class CachedPRM:
+    def __init__(self, prm, store: dict | None = None):
+        self.prm, self.name = prm, prm.name
+        self.store = {} if store is None else store
+        self.hits = self.misses = 0
+
+    def score(self, questions: Sequence[str], steps: Sequence[Sequence[str]]) -> list[list[float]]:
+        keys = [_digest(self.name, q, *s) for q, s in zip(questions, steps)]
+        todo = list(dict.fromkeys(k for k in keys if k not in self.store))
+        where = {k: keys.index(k) for k in todo}
+        for key, scores in zip(todo, self.prm.score([questions[where[k]] for k in todo], [steps[where[k]] for k in todo])):
+            self.store[key] = scores
+        self.misses += len(todo)
+        self.hits += len(keys) - len(todo)
+        return [list(self.store[k]) for k in keys]

@@ -1,0 +1,157 @@
+"""The TRIM loop (DESIGN.md section 1), run for every active problem in lockstep.
+
+Each round: one weak batch proposes the next step of every active problem, one PRM batch scores
+them, the policy decides, and one strong batch rewrites only the flagged steps. Regeneration replaces
+the current step only; control then returns to the weak model. A solution stops at a step holding
+``\\boxed{}``, at the model's end of text, at `max_steps`, or at `max_tokens` decoded tokens."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Sequence
+
+from trim import grading
+from trim.policies import Observation, Policy
+from trim.progress import progress_bar
+from trim.protocols import StepRequest
+from trim.traces import TraceWriter
+
+
+@dataclasses.dataclass(frozen=True)
+class RunSettings:
+    seed: int = 0
+    max_steps: int = 30
+    max_tokens: int = 4096
+
+
+@dataclasses.dataclass
+class _State:
+    problem: object
+    steps: list = dataclasses.field(default_factory=list)     # accepted step texts
+    records: list = dataclasses.field(default_factory=list)   # per-step trace records
+    scores: list = dataclasses.field(default_factory=list)    # PRM score of each accepted step (latest)
+    strong_tokens: int = 0
+    weak_tokens: int = 0
+    discarded_tokens: int = 0
+    empty_steps: int = 0
+    stop_reason: str | None = None
+
+
+def settings_record(policy: Policy, weak, strong, prm, run: RunSettings) -> dict:
+    """Everything that determines a trace; stored with every problem's record."""
+    return {"policy": policy.name, "policy_class": type(policy).__name__, "policy_params": policy.params(),
+            "weak": weak.name, "strong": strong.name, "prm": prm.name if prm is not None else None,
+            "sampling_weak": dataclasses.asdict(weak.sampling), "sampling_strong": dataclasses.asdict(strong.sampling),
+            **dataclasses.asdict(run)}
+
+
+def run_policy(problems: Sequence, policy: Policy, weak, strong, prm, run: RunSettings = RunSettings(),
+               trace_path=None, progress: bool | None = None) -> list[dict]:
+    """Solve every problem with `policy`; return one trace record per problem (in input order).
+
+    With `trace_path`, finished problems are appended as they finish and skipped on a rerun."""
+    settings = settings_record(policy, weak, strong, prm, run)
+    writer = TraceWriter(trace_path, settings) if trace_path else None
+    done = dict(writer.done) if writer else {}
+    active = [_State(p) for p in problems if p.id not in done]
+    bar = progress_bar(progress=progress, total=len(problems), initial=len(problems) - len(active), desc=policy.name)
+    while active:
+        _round(active, policy, weak, strong, prm, run)
+        still = []
+        for state in active:
+            if state.stop_reason is None:
+                still.append(state)
+                continue
+            record = _finish(state, policy)
+            done[state.problem.id] = {**record, "settings": settings}
+            if writer:
+                writer.write(record)
+            bar.update(1)
+        active = still
+    bar.close()
+    return [done[p.id] for p in problems]
+
+
+def _round(active: list[_State], policy: Policy, weak, strong, prm, run: RunSettings) -> None:
+    t_index = len(active[0].steps)  # lockstep: every active problem is at the same step index
+    requests = [StepRequest(s.problem.id, s.problem.question, tuple(s.steps), run.seed) for s in active]
+    regenerate = [True] * len(active)
+    candidates = [None] * len(active)
+    if policy.uses_weak:
+        candidates = weak.propose(requests)
+        nonempty = [i for i, c in enumerate(candidates) if c.text.strip()]
+        scores = prm.score([active[i].problem.question for i in nonempty],
+                           [active[i].steps + [candidates[i].text] for i in nonempty]) if nonempty else []
+        observations = []
+        for i, all_scores in zip(nonempty, scores):
+            state = active[i]
+            state.scores = all_scores[:-1]
+            observations.append(Observation(
+                problem_id=state.problem.id, step_index=t_index + 1, score=_finite(all_scores[-1]),
+                previous_scores=tuple(_finite(x) for x in all_scores[:-1]), tokens=candidates[i].tokens,
+                strong_tokens=state.strong_tokens, weak_tokens=state.weak_tokens))
+        decisions = policy.regenerate_batch(observations) if observations else []
+        for i, decision, obs in zip(nonempty, decisions, observations):
+            regenerate[i] = bool(decision)
+            active[i].records.append({"score": obs.score})
+        scored = set(nonempty)
+        for i, c in enumerate(candidates):
+            active[i].weak_tokens += c.tokens
+            if i not in scored:
+                active[i].empty_steps += 1   # an empty weak step cannot be kept: the strong model writes it
+                active[i].records.append({"score": None})
+    else:
+        for state in active:
+            state.records.append({"score": None})
+    flagged = [i for i, r in enumerate(regenerate) if r]
+    rewrites = dict(zip(flagged, strong.propose([requests[i] for i in flagged]))) if flagged else {}
+    for i, state in enumerate(active):
+        record = state.records[-1]
+        if i in rewrites:
+            chosen, model = rewrites[i], "strong"
+            state.strong_tokens += chosen.tokens
+            discarded = candidates[i].tokens if candidates[i] is not None else 0
+            state.discarded_tokens += discarded
+            record.update(decision="regenerate" if candidates[i] is not None else "strong-only",
+                          discarded_tokens=discarded,
+                          weak_candidate=candidates[i].text if candidates[i] is not None else None)
+        else:
+            chosen, model = candidates[i], "weak"
+            record.update(decision="continue", discarded_tokens=0, weak_candidate=None)
+        record.update(text=chosen.text, model=model, tokens=chosen.tokens, truncated=chosen.truncated)
+        state.steps.append(chosen.text)
+        state.stop_reason = _stop_reason(state, chosen, run)
+
+
+def _finite(x: float) -> float:
+    # A step whose tag fell outside the PRM's context has no score; treat it as uninformative (0.5).
+    return 0.5 if x is None or math.isnan(x) else float(x)
+
+
+def _stop_reason(state: _State, step, run: RunSettings) -> str | None:
+    if "\\boxed" in step.text:
+        return "boxed"
+    if not step.text.strip():
+        state.empty_steps += 1
+        return "empty-step"
+    if step.finished:
+        return "end-of-text"
+    if len(state.steps) >= run.max_steps:
+        return "max-steps"
+    if state.strong_tokens + state.weak_tokens - state.discarded_tokens >= run.max_tokens:
+        return "max-tokens"
+    return None
+
+
+def _finish(state: _State, policy: Policy) -> dict:
+    solution = "\n\n".join(state.steps)
+    graded = grading.grade(str(state.problem.answer), solution)
+    return {
+        "problem_id": state.problem.id, "policy": policy.name, "gold": str(state.problem.answer),
+        "final_answer": graded.extracted, "correct": graded.correct, "grade_status": graded.status,
+        "strong_tokens": state.strong_tokens, "weak_tokens": state.weak_tokens,
+        "discarded_tokens": state.discarded_tokens, "num_steps": len(state.steps),
+        "regenerated_steps": sum(r["model"] == "strong" for r in state.records),
+        "empty_steps": state.empty_steps, "stop_reason": state.stop_reason, "steps": state.records,
+    }

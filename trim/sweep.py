@@ -1,0 +1,65 @@
+"""Sweeps of a policy family over its knob, and budget calibration (RouteLLM's calibrate-threshold).
+
+All runs of a sweep share one generation cache and one PRM cache: every prefix that two thresholds
+share is generated and scored once."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import pandas as pd
+
+from trim.cache import CachedGenerator, CachedPRM
+from trim.engine import RunSettings, run_policy
+from trim.metrics import Endpoints, summarize
+from trim.policies import Policy, StrongOnly, Threshold, WeakOnly
+
+
+class Harness:
+    """The models of one experiment behind shared caches, plus the endpoints every metric needs."""
+
+    def __init__(self, weak, strong, prm, run: RunSettings = RunSettings(), trace_dir: str | Path | None = None,
+                 progress: bool | None = None):
+        self.weak, self.strong, self.prm = CachedGenerator(weak), CachedGenerator(strong), CachedPRM(prm)
+        self.run_settings, self.progress = run, progress
+        self.trace_dir = Path(trace_dir) if trace_dir else None
+
+    def run(self, problems: Sequence, policy: Policy, tag: str = "") -> list[dict]:
+        path = None
+        if self.trace_dir is not None:
+            safe = "".join(c if c.isalnum() or c in "-_.=" else "_" for c in policy.name)
+            path = self.trace_dir / f"{safe}{tag}.jsonl"
+        return run_policy(problems, policy, self.weak, self.strong, self.prm, self.run_settings,
+                          trace_path=path, progress=self.progress)
+
+    def endpoints(self, problems: Sequence) -> tuple[Endpoints, dict, dict]:
+        weak = summarize(self.run(problems, WeakOnly()))
+        strong = summarize(self.run(problems, StrongOnly()))
+        return Endpoints(weak["accuracy"], strong["accuracy"], strong["strong_tokens"]), weak, strong
+
+    def sweep(self, problems: Sequence, policies: Sequence[Policy]) -> pd.DataFrame:
+        rows = []
+        for policy in policies:
+            rows.append({"policy": policy.name, **policy.params(), **summarize(self.run(problems, policy))})
+        return pd.DataFrame(rows)
+
+
+def threshold_grid(points: int = 21) -> list[Threshold]:
+    return [Threshold(float(k)) for k in np.linspace(0.0, 1.0, points)]
+
+
+def calibrate_threshold(harness: Harness, problems: Sequence, target_share: float, points: int = 21) -> dict:
+    """The k whose strong-token share (strong tokens / strong-only's) on `problems` is `target_share`.
+
+    The share grows with k, so the grid is interpolated and the chosen k run once to report the share
+    it actually reaches on these problems."""
+    if not 0.0 < target_share <= 1.0:
+        raise ValueError(f"target share must be in (0, 1], got {target_share}")
+    ends, _, _ = harness.endpoints(problems)
+    table = harness.sweep(problems, threshold_grid(points))
+    shares = np.maximum.accumulate(table["strong_tokens"].to_numpy() / ends.strong_cost)
+    k = float(np.interp(target_share, shares, table["k"].to_numpy()))
+    reached = summarize(harness.run(problems, Threshold(k)))["strong_tokens"] / ends.strong_cost
+    return {"k": k, "target_share": target_share, "calibration_share": reached, "grid": table}
