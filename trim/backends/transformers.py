@@ -5,13 +5,14 @@ the directory (and, for Qwen's PRM, `trust_remote_code`) changes."""
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from functools import cached_property
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 import torch
-from transformers import AutoModel, AutoModelForCausalLM, AutoModelForTokenClassification, AutoTokenizer
+from transformers import AutoModel, AutoModelForCausalLM, AutoModelForTokenClassification, AutoTokenizer, DynamicCache
 
 from trim.protocols import STEP_DELIMITER, SamplingParams, StepProposal, StepRequest, request_seed
 from trim.sampling import sample_rows
@@ -118,6 +119,12 @@ class TransformersGenerator:
         return proposals
 
 
+def _place(result: list, rows: list[int], values: list) -> list:
+    for i, value in zip(rows, values):
+        result[i] = value
+    return result
+
+
 class StepTagPRM:
     """A PRM that reads every step followed by a step tag and scores P(correct) at each tag.
 
@@ -127,7 +134,8 @@ class StepTagPRM:
 
     def __init__(self, model: str | Path, name: str | None = None, step_tag: str = "<extra_0>",
                  device: str | None = None, dtype: torch.dtype | None = None, trust_remote_code: bool = False,
-                 system_prompt: str | None = None, batch_size: int = 64, max_length: int | None = None):
+                 system_prompt: str | None = None, batch_size: int = 64, max_length: int | None = None,
+                 reuse_prefix: bool = True, prefix_cache_bytes: int = 1 << 30):
         source = _require_dir(model, "PRM") if Path(str(model)).exists() or "/" not in str(model) else model
         self.name = name or Path(str(model)).name
         self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
@@ -138,6 +146,9 @@ class StepTagPRM:
         self.model = loader.from_pretrained(str(source), torch_dtype=dtype,
                                             trust_remote_code=trust_remote_code).to(self.device).eval()
         self.max_length = max_length or getattr(self.model.config, "max_position_embeddings", 4096)
+        self.reuse_prefix, self.prefix_cache_bytes = reuse_prefix, prefix_cache_bytes
+        self._prefixes: OrderedDict = OrderedDict()  # (question, steps) -> ids, per-layer K/V, scores
+        self._prefix_bytes = 0
 
     def text(self, question: str, steps: Sequence[str]) -> str:
         messages = [{"role": "system", "content": self.system_prompt}] if self.system_prompt else []
@@ -146,30 +157,116 @@ class StepTagPRM:
         return self.tokenizer.apply_chat_template(messages, tokenize=False, continue_final_message=True)
 
     def score(self, questions: Sequence[str], steps: Sequence[Sequence[str]]) -> list[list[float]]:
+        for q, s in zip(questions, steps):
+            for step in s:
+                if self.step_tag in step:
+                    raise ValueError(f"a step contains the PRM's step tag {self.step_tag!r}: {step!r}")
         scores: list[list[float]] = []
         for start in range(0, len(questions), self.batch_size):
             scores.extend(self._score_batch(questions[start: start + self.batch_size], steps[start: start + self.batch_size]))
         return scores
 
-    @torch.inference_mode()
     def _score_batch(self, questions, steps) -> list[list[float]]:
-        for q, s in zip(questions, steps):
-            for step in s:
-                if self.step_tag in step:
-                    raise ValueError(f"a step contains the PRM's step tag {self.step_tag!r}: {step!r}")
         encoded = [self.tokenizer(self.text(q, s), add_special_tokens=False).input_ids for q, s in zip(questions, steps)]
+        fits = [len(ids) <= self.max_length for ids in encoded]
+        result: list = [None] * len(encoded)
+        if self.reuse_prefix:
+            for i, (q, s) in enumerate(zip(questions, steps)):
+                entry = self._prefixes.get((q, tuple(s)))
+                if entry is not None:
+                    result[i] = list(entry["scores"])
+        todo = [i for i in range(len(encoded)) if result[i] is None]
+        # Rows over the context limit take the left-truncated full pass; the rest reuse their prefix.
+        incremental = [i for i in todo if self.reuse_prefix and fits[i]]
+        full = [i for i in todo if not (self.reuse_prefix and fits[i])]
+        if incremental:
+            scored = self._score_incremental([questions[i] for i in incremental], [steps[i] for i in incremental],
+                                             [encoded[i] for i in incremental])
+            result = _place(result, incremental, scored)
+        if full:
+            result = _place(result, full, self._score_full([encoded[i] for i in full], [len(steps[i]) for i in full]))
+        return result
+
+    def _tag_scores(self, logits: torch.Tensor, ids: torch.Tensor) -> list[float]:
+        return torch.softmax(logits.float(), dim=-1)[..., 1][ids == self.step_tag_id].tolist()
+
+    @torch.inference_mode()
+    def _score_full(self, encoded: list[list[int]], n_steps: list[int]) -> list[list[float]]:
         # Left truncation: keep the latest steps and their tags, as the official release does.
         encoded = [ids[-self.max_length:] for ids in encoded]
         width = max(len(ids) for ids in encoded)
         pad = self.tokenizer.pad_token_id
         input_ids = torch.tensor([[pad] * (width - len(ids)) + ids for ids in encoded], device=self.device)
-        mask = (torch.arange(width, device=self.device) >= torch.tensor([width - len(ids) for ids in encoded], device=self.device).unsqueeze(-1)).long()
+        mask = torch.tensor([[0] * (width - len(ids)) + [1] * len(ids) for ids in encoded], device=self.device)
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
         logits = self.model(input_ids=input_ids, attention_mask=mask, position_ids=positions).logits
-        probs = torch.softmax(logits.float(), dim=-1)[..., 1]
         result = []
-        for row, s in enumerate(steps):
-            tag_scores = probs[row][input_ids[row] == self.step_tag_id].tolist()
-            # Steps whose tags were truncated away keep no score of their own; pad with NaN on the left.
-            result.append([float("nan")] * (len(s) - len(tag_scores)) + tag_scores)
+        for row, n in enumerate(n_steps):
+            tag_scores = self._tag_scores(logits[row], input_ids[row])
+            # Steps whose tags were truncated away keep no score of their own: NaN on the left.
+            result.append([float("nan")] * (n - len(tag_scores)) + tag_scores)
         return result
+
+    @torch.inference_mode()
+    def _score_incremental(self, questions, steps, encoded) -> list[list[float]]:
+        """Score only the tokens after the longest already-scored prefix of each row.
+
+        The PRM is causal, so the keys and values of an accepted prefix never change: each round feeds
+        just the new step (and a strong rewrite once), instead of re-reading the whole solution: linear,
+        not quadratic, in the solution's length."""
+        found = [self._lookup(q, s, ids) for q, s, ids in zip(questions, steps, encoded)]
+        lengths = [0 if f is None else len(f["ids"]) for f in found]
+        news = [ids[n:] for ids, n in zip(encoded, lengths)]
+        batch, past, width = len(encoded), max(lengths), max(len(n) for n in news)
+        pad = self.tokenizer.pad_token_id
+        mask = torch.zeros(batch, past + width, dtype=torch.long, device=self.device)
+        input_ids = torch.full((batch, width), pad, device=self.device)
+        positions = torch.zeros(batch, width, dtype=torch.long, device=self.device)
+        for row, (n, new) in enumerate(zip(lengths, news)):
+            mask[row, past - n: past + len(new)] = 1
+            input_ids[row, : len(new)] = torch.tensor(new)
+            positions[row] = n + torch.arange(width)
+        cache = DynamicCache()
+        if past:
+            layers = []
+            for layer in range(len(next(f for f in found if f is not None)["kv"])):
+                keys = values = None
+                for row, f in enumerate(found):
+                    if f is None:
+                        continue
+                    k, v = f["kv"][layer]
+                    if keys is None:
+                        keys = k.new_zeros((batch, k.shape[0], past, k.shape[-1]))
+                        values = v.new_zeros((batch, v.shape[0], past, v.shape[-1]))
+                    keys[row, :, past - lengths[row]:] = k
+                    values[row, :, past - lengths[row]:] = v
+                layers.append((keys, values))
+            cache = DynamicCache.from_legacy_cache(tuple(layers))
+        logits = self.model(input_ids=input_ids, attention_mask=mask, position_ids=positions,
+                            past_key_values=cache, use_cache=True).logits
+        full = cache.to_legacy_cache()
+        result = []
+        for row, (q, s, ids) in enumerate(zip(questions, steps, encoded)):
+            new_scores = self._tag_scores(logits[row, : len(news[row])], input_ids[row, : len(news[row])])
+            scores = (found[row]["scores"] if found[row] else []) + new_scores
+            kv = [(k[row, :, past - lengths[row]: past + len(news[row])].clone(),
+                   v[row, :, past - lengths[row]: past + len(news[row])].clone()) for k, v in full]
+            self._store((q, tuple(s)), {"ids": ids, "kv": kv, "scores": scores})
+            result.append(scores)
+        return result
+
+    def _lookup(self, question: str, steps: Sequence[str], ids: list[int]):
+        for k in range(len(steps) - 1, 0, -1):
+            entry = self._prefixes.get((question, tuple(steps[:k])))
+            if entry is not None and ids[: len(entry["ids"])] == entry["ids"]:
+                self._prefixes.move_to_end((question, tuple(steps[:k])))
+                return entry
+        return None
+
+    def _store(self, key, entry) -> None:
+        size = sum(k.numel() * k.element_size() * 2 for k, _ in entry["kv"])
+        self._prefixes[key] = entry
+        self._prefix_bytes += size
+        while self._prefix_bytes > self.prefix_cache_bytes and len(self._prefixes) > 1:
+            _, old = self._prefixes.popitem(last=False)
+            self._prefix_bytes -= sum(k.numel() * k.element_size() * 2 for k, _ in old["kv"])

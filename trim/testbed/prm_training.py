@@ -24,7 +24,7 @@ from transformers import LlamaForTokenClassification, PreTrainedTokenizerFast
 
 from trim.backends.transformers import StepTagPRM, TransformersGenerator
 from trim.testbed import SAMPLING, task
-from trim.testbed.evaluate import sample_solutions
+from trim.testbed.evaluate import auroc, prm_step_table, sample_solutions
 from trim.testbed.tokenizer import STEP_TAG
 from trim.testbed.train import DEFAULT_DIR, cosine_lr, length_bucketed, llama_config
 
@@ -68,6 +68,8 @@ def train_prm(args) -> None:
         pools[role] = sample_solutions(generator, train_problems[offset: offset + count], seed=args.seed)
         print(f"sampled {count} {role} solutions in {time.time() - start:.0f} s", flush=True)
     sampled = [(s.problem.question, s.steps, s.on_track) for pool in pools.values() for s in pool]
+    weak = TransformersGenerator(DEFAULT_DIR / "weak", sampling=SAMPLING, name="testbed-weak", seed=args.seed, device="cpu")
+    held_out = sample_solutions(weak, task.make_split("validation", size=300), seed=args.seed)
     sampling_time = time.time() - start
 
     model = LlamaForTokenClassification(llama_config("prm", tokenizer, num_labels=2))
@@ -81,8 +83,8 @@ def train_prm(args) -> None:
             group["lr"] = cosine_lr(step, args.steps, args.lr)
         batch = [sampled[i] for i in rng.choice(len(sampled), args.batch_size // 2, replace=False)]
         for p in next(demos):
-            rates = task.WEAK_SLIP_RATES if rng.random() < 0.7 else task.STRONG_SLIP_RATES
-            steps, correct = task.demonstration(p, rng, rates)
+            teacher = task.WEAK_TEACHER if rng.random() < 0.7 else task.STRONG_TEACHER
+            steps, correct = task.demonstration(p, rng, teacher)
             batch.append((p.question, steps, list(np.cumprod(correct).astype(bool))))
         with torch.autocast("cpu", dtype=torch.bfloat16):
             loss = model(**collate([prm_example(tokenizer, *b) for b in batch], tokenizer.pad_token_id)).loss
@@ -91,10 +93,12 @@ def train_prm(args) -> None:
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         if (step + 1) % args.eval_every == 0 or step + 1 == args.steps:
-            history.append({"step": step + 1, "loss": round(loss.item(), 4), "minutes": round((time.time() - start) / 60, 1)})
-            print(json.dumps(history[-1]), flush=True)
             model.save_pretrained(out)
             tokenizer.save_pretrained(out)
+            table = prm_step_table(StepTagPRM(out, device="cpu"), held_out)
+            history.append({"step": step + 1, "loss": round(loss.item(), 4), "minutes": round((time.time() - start) / 60, 1),
+                             "validation_auroc": round(auroc(table["score"].to_numpy(), table["on_track"].to_numpy()), 4)})
+            print(json.dumps(history[-1]), flush=True)
             (out / "training.json").write_text(json.dumps({
                 "command": " ".join(["python -m trim.testbed.train"] + sys.argv[1:]), "seed": args.seed,
                 "role": "prm", "parameters": sum(p.numel() for p in model.parameters()),

@@ -42,12 +42,29 @@ OP_TYPES = ("double", "add", "minus", "times", "cube")
 _WORD = {"double": "double", "add": "add", "minus": "minus", "times": "times", "cube": "cube"}
 _SYMBOL = {"double": "* 2", "add": "+", "minus": "-", "times": "*", "cube": "^ 3"}
 
-# Probability that a demonstration step of each type contains a slip. The weak rates are set so that a
-# model imitating them lands near the real weak model's next-step accuracy (0.866); the strong rates
-# near the real strong model's (0.970). Capacity errors of the trained models come on top.
-WEAK_SLIP_RATES = {"double": 0.03, "add": 0.07, "minus": 0.10, "times": 0.15, "cube": 0.20}
-STRONG_SLIP_RATES = {"double": 0.002, "add": 0.005, "minus": 0.008, "times": 0.012, "cube": 0.015}
-CLEAN = {op: 0.0 for op in OP_TYPES}
+
+
+@dataclasses.dataclass(frozen=True)
+class Teacher:
+    """How a demonstrator slips: the chance of a slip per step type, the offsets a miscalculated result
+    takes, and the shifts a misread operand takes.
+
+    The weak teacher's rates put a model that imitates it near the real weak model's next-step accuracy
+    (0.866), the strong teacher's near the real strong model's (0.970); the trained models' capacity
+    errors come on top. Both teachers *overshoot* (+1, +2): their slips compound instead of cancelling,
+    so a solution with a wrong step almost never ends right, as in real maths (a symmetric +-1 would let
+    a later slip undo an earlier one one time in four). For the same reason they slip at most once per
+    solution (`max_slips`): with only 11 values, a second slip would land back on the right value one
+    time in ten, far more often than real errors cancel, and TRIM is about the *first* error anyway."""
+
+    slip_rates: dict
+    offsets: tuple[int, ...]
+    misread_shifts: tuple[int, ...]
+    max_slips: int | None = None
+
+
+WEAK_TEACHER = Teacher({"double": 0.045, "add": 0.10, "minus": 0.14, "times": 0.20, "cube": 0.27}, (1, 2), (1,), max_slips=1)
+STRONG_TEACHER = Teacher({"double": 0.006, "add": 0.012, "minus": 0.018, "times": 0.024, "cube": 0.03}, (1, 2), (1,), max_slips=1)
 
 SPLITS = {
     # name: (seed offset, number of problems, chain lengths, op-type weights)
@@ -160,27 +177,29 @@ def make_split(name: str, seed: int = 0, size: int | None = None) -> list[ChainP
     return [sample_problem(rng, lengths, weights, id=f"{name}-{i}") for i in range(n)]
 
 
-def _slip(rng: np.random.Generator, problem: ChainProblem, index: int, value: int) -> tuple[int, int | None]:
-    """A human-like wrong step: a result off by one or two, or a misread operand (then computed right)."""
+def _slip(rng: np.random.Generator, problem: ChainProblem, index: int, value: int, teacher: Teacher) -> tuple[int, int | None]:
+    """A human-like wrong step: a miscalculated result, or a misread operand (then computed right)."""
     op = problem.operations[index]
     correct = op.apply(value)
     if op.operand is not None and rng.random() < 0.3:
-        wrong = op.operand + int(rng.choice([-1, 1]))
+        wrong = op.operand + int(rng.choice(teacher.misread_shifts))
         if 1 <= wrong <= 9 and (op.kind != "times" or wrong >= 2):
             return dataclasses.replace(op, operand=wrong).apply(value), wrong
-    return (correct + int(rng.choice([-1, 1, -2, 2]))) % MODULUS, None
+    return (correct + int(rng.choice(teacher.offsets))) % MODULUS, None
 
 
-def demonstration(problem: ChainProblem, rng: np.random.Generator, slip_rates: dict[str, float]) -> tuple[list[str], list[bool]]:
-    """A worked solution with slips at `slip_rates`; later steps build on the slipped values.
+def demonstration(problem: ChainProblem, rng: np.random.Generator, teacher: Teacher) -> tuple[list[str], list[bool]]:
+    """A worked solution with the teacher's slips; later steps build on the slipped values.
 
     Returns the steps and, per step, whether that step itself is correct given its prefix."""
     steps, correct = [], []
-    value = problem.start
+    value, slips = problem.start, 0
     for i, op in enumerate(problem.operations):
         result, operand = op.apply(value), None
-        if rng.random() < slip_rates[op.kind]:
-            result, operand = _slip(rng, problem, i, value)
+        slip = rng.random() < teacher.slip_rates[op.kind]
+        if slip and (teacher.max_slips is None or slips < teacher.max_slips):
+            slips += 1
+            result, operand = _slip(rng, problem, i, value, teacher)
         steps.append(render_step(problem, i, value, result, operand))
         correct.append(operand is None and result == op.apply(value))
         value = result

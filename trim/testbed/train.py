@@ -12,6 +12,7 @@ beside the weights recording the command, seed, wall time and data sizes.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import sys
@@ -33,7 +34,7 @@ MODEL_SIZES = {
     "strong": dict(hidden_size=144, intermediate_size=432, num_hidden_layers=5, num_attention_heads=4),
     "prm": dict(hidden_size=128, intermediate_size=384, num_hidden_layers=4, num_attention_heads=4),
 }
-SLIP_RATES = {"weak": task.WEAK_SLIP_RATES, "strong": task.STRONG_SLIP_RATES}
+TEACHERS = {"weak": task.WEAK_TEACHER, "strong": task.STRONG_TEACHER}
 MAX_POSITIONS = 320
 
 
@@ -129,7 +130,7 @@ def train_tokenizer(args) -> None:
     rng = np.random.default_rng(args.seed)
     problems = task.make_split("train", seed=args.seed)
     corpus = [p.question for p in problems]
-    corpus += [task.STEP_DELIMITER.join(task.demonstration(p, rng, task.WEAK_SLIP_RATES)[0]) for p in problems]
+    corpus += [task.STEP_DELIMITER.join(task.demonstration(p, rng, task.WEAK_TEACHER)[0]) for p in problems]
     tokenizer = build_tokenizer(corpus)
     out = Path(args.out or DEFAULT_DIR / "tokenizer")
     tokenizer.save_pretrained(out)
@@ -154,7 +155,7 @@ def train_lm(args) -> None:
         for group in optimizer.param_groups:
             group["lr"] = cosine_lr(step, args.steps, args.lr)
         problems = next(batches)
-        examples = [training_text(tokenizer, p.question, task.demonstration(p, rng, SLIP_RATES[args.role])[0])
+        examples = [training_text(tokenizer, p.question, task.demonstration(p, rng, TEACHERS[args.role])[0])
                     for p in problems]
         with torch.autocast("cpu", dtype=torch.bfloat16):  # twice as fast on CPUs with bf16 units
             loss = model(**lm_batch(tokenizer, examples)).loss
@@ -173,7 +174,7 @@ def train_lm(args) -> None:
                 "command": " ".join(["python -m trim.testbed.train"] + sys.argv[1:]), "seed": args.seed,
                 "role": args.role, "parameters": sum(p.numel() for p in model.parameters()),
                 "steps_done": step + 1, "steps_planned": args.steps, "batch_size": args.batch_size,
-                "training_problems_seen": (step + 1) * args.batch_size, "slip_rates": SLIP_RATES[args.role],
+                "training_problems_seen": (step + 1) * args.batch_size, "teacher": dataclasses.asdict(TEACHERS[args.role]),
                 "wall_time_s": round(time.time() - start, 1), "threads": args.threads, "history": history})
 
 
@@ -188,8 +189,8 @@ def main(argv=None) -> None:
     for p in (p_tok, p_lm, p_prm):
         p.add_argument("--seed", type=int, default=0, help="seed for data, initialisation and slips")
         p.add_argument("--out", default=None, help="output directory (default: data/testbed/<name>)")
-    p_prm.add_argument("--weak-samples", type=int, default=3000, help="weak solutions sampled for PRM data")
-    p_prm.add_argument("--strong-samples", type=int, default=1000, help="strong solutions sampled for PRM data")
+    p_prm.add_argument("--weak-samples", type=int, default=2000, help="weak solutions sampled for PRM data")
+    p_prm.add_argument("--strong-samples", type=int, default=700, help="strong solutions sampled for PRM data")
     for p in (p_lm, p_prm):
         p.add_argument("--tokenizer", default=str(DEFAULT_DIR / "tokenizer"), help="tokenizer directory")
         p.add_argument("--steps", type=int, default=3000, help="optimizer steps")

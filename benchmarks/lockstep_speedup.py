@@ -1,0 +1,31 @@
+"""Lockstep batching against one problem at a time: the same TRIM-Thr run, two schedules. Target >= 5x.
+
+    python benchmarks/lockstep_speedup.py [--problems 256] [--k 0.5]
+"""
+
+import argparse
+
+from _common import Timer, load
+from trim.engine import run_policy
+from trim.policies import Threshold
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--problems", type=int, default=256)
+    parser.add_argument("--k", type=float, default=0.5)
+    args = parser.parse_args()
+    tb, problems = load(args.problems)
+    policy = Threshold(args.k)
+    with Timer() as batched:
+        lockstep = run_policy(problems, policy, tb.weak, tb.strong, tb.prm)
+    with Timer() as serial:
+        one_by_one = [run_policy([p], policy, tb.weak, tb.strong, tb.prm)[0] for p in problems]
+    same = sum(a["steps"] == b["steps"] for a, b in zip(lockstep, one_by_one))
+    print(f"{len(problems)} problems, TRIM-Thr(k={args.k}): lockstep {batched.seconds:.1f} s, one at a time {serial.seconds:.1f} s")
+    print(f"identical traces: {same}/{len(problems)} (seeds are per prefix, so batching does not change results)")
+    print(f"lockstep speed-up: {serial.seconds / batched.seconds:.1f}x (target >= 5x)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,52 @@
+"""Routing overhead: a TRIM-Thr run's wall time over plain batched decoding of the same token counts.
+
+Plain decoding = `model.generate` on the same problems, batched, producing as many weak and strong
+tokens as the TRIM run decoded, with no step boundaries, PRM or policy. Target: at most 1.3.
+
+    python benchmarks/routing_overhead.py [--problems 128] [--k 0.5]
+"""
+
+import argparse
+import math
+
+import torch
+
+from _common import Timer, load
+from trim.engine import run_policy
+from trim.policies import Threshold
+from trim.protocols import StepRequest
+
+
+def plain_decode(generator, problems, tokens_total: int) -> float:
+    """Seconds to decode `tokens_total` tokens as one batch of the problems' prompts."""
+    per_row = max(1, math.ceil(tokens_total / len(problems)))
+    tok = generator.tokenizer
+    prompts = [generator.prompt(StepRequest(p.id, p.question)) for p in problems]
+    enc = tok(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
+    torch.manual_seed(0)
+    with Timer() as t, torch.inference_mode():
+        generator.model.generate(**enc, do_sample=True, max_new_tokens=per_row, min_new_tokens=per_row,
+                                 pad_token_id=tok.pad_token_id)
+    return t.seconds
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--problems", type=int, default=128)
+    parser.add_argument("--k", type=float, default=0.5)
+    args = parser.parse_args()
+    tb, problems = load(args.problems)
+    with Timer() as trim_time:
+        records = run_policy(problems, Threshold(args.k), tb.weak, tb.strong, tb.prm)
+    weak_tokens = sum(r["weak_tokens"] for r in records)
+    strong_tokens = sum(r["strong_tokens"] for r in records)
+    weak_s = plain_decode(tb.weak, problems, weak_tokens)
+    strong_s = plain_decode(tb.strong, problems, strong_tokens)
+    ratio = trim_time.seconds / (weak_s + strong_s)
+    print(f"TRIM-Thr(k={args.k}) on {len(problems)} problems: {trim_time.seconds:.1f} s for {weak_tokens} weak + {strong_tokens} strong tokens")
+    print(f"plain batched decoding of the same counts: weak {weak_s:.1f} s + strong {strong_s:.1f} s")
+    print(f"routing overhead ratio: {ratio:.2f} (target <= 1.3)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,38 @@
+"""What a 21-point TRIM-Thr sweep costs relative to one run, with the shared generation/PRM caches.
+
+    python benchmarks/sweep_reuse.py [--problems 200] [--points 21]
+"""
+
+import argparse
+
+from _common import Timer, load
+from trim.engine import run_policy
+from trim.policies import Threshold
+from trim.sweep import Harness, threshold_grid
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--problems", type=int, default=200)
+    parser.add_argument("--points", type=int, default=21)
+    args = parser.parse_args()
+    tb, problems = load(args.problems)
+    with Timer() as one:
+        single = run_policy(problems, Threshold(0.5), tb.weak, tb.strong, tb.prm)
+    single_tokens = sum(r["weak_tokens"] + r["strong_tokens"] for r in single)
+    harness = Harness(tb.weak, tb.strong, tb.prm, progress=False)
+    with Timer() as sweep:
+        table = harness.sweep(problems, threshold_grid(args.points))
+    decoded = harness.weak.decoded_tokens + harness.strong.decoded_tokens
+    uncached = float((table["weak_tokens"] + table["strong_tokens"]).sum() * len(problems))
+    print(f"one TRIM-Thr run: {one.seconds:.1f} s, {single_tokens} tokens decoded")
+    print(f"{args.points}-point sweep with shared caches: {sweep.seconds:.1f} s, {decoded} tokens decoded "
+          f"(without the cache: {uncached:.0f} tokens)")
+    print(f"sweep cost / one run: {sweep.seconds / one.seconds:.2f}x wall time, {decoded / single_tokens:.2f}x decoded tokens "
+          f"(vs {args.points}x without reuse; cache hit rates: weak {harness.weak.hits / (harness.weak.hits + harness.weak.misses):.0%}, "
+          f"strong {harness.strong.hits / max(1, harness.strong.hits + harness.strong.misses):.0%}, "
+          f"PRM {harness.prm.hits / (harness.prm.hits + harness.prm.misses):.0%})")
+
+
+if __name__ == "__main__":
+    main()

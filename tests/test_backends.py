@@ -1,0 +1,90 @@
+"""The transformers backends on tiny local models: seeded sampling, stop handling, PRM prefix reuse."""
+
+import numpy as np
+import pytest
+import torch
+from transformers import LlamaForTokenClassification
+
+from trim.backends.transformers import StepTagPRM, TransformersGenerator
+from trim.protocols import SamplingParams, StepRequest
+from trim.sampling import filtered_probs, sample_rows
+from trim.testbed import DATA_DIR, task
+from trim.testbed.train import llama_config
+
+
+@pytest.fixture(scope="module")
+def random_prm(tmp_path_factory):
+    """An untrained PRM with the testbed's tokenizer: the scoring paths must agree whatever the weights."""
+    from transformers import AutoTokenizer
+
+    path = tmp_path_factory.mktemp("prm")
+    tokenizer = AutoTokenizer.from_pretrained(DATA_DIR / "tokenizer")
+    torch.manual_seed(0)
+    LlamaForTokenClassification(llama_config("prm", tokenizer, num_labels=2)).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
+
+
+def test_incremental_prm_scores_equal_full_rescoring(random_prm):
+    incremental, full = StepTagPRM(random_prm), StepTagPRM(random_prm, reuse_prefix=False)
+    problems = task.make_split("test", size=8)
+    rng = np.random.default_rng(0)
+    solutions = [task.demonstration(p, rng, task.WEAK_TEACHER)[0] for p in problems]
+    for t in range(1, 11):
+        rows = [(p.question, s[:t]) for p, s in zip(problems, solutions) if len(s) >= t]
+        a = incremental.score([q for q, _ in rows], [s for _, s in rows])
+        b = full.score([q for q, _ in rows], [s for _, s in rows])
+        assert np.allclose(np.array(sum(a, [])), np.array(sum(b, [])), atol=1e-5)
+    assert incremental._prefixes, "prefixes were cached"
+    # A branch (a strong rewrite of step 3) reuses the two-step prefix and still matches.
+    branch = [s[:2] + ["3) 1 + 1 = 2"] for s in solutions]
+    a = incremental.score([p.question for p in problems], branch)
+    b = full.score([p.question for p in problems], branch)
+    assert np.allclose(np.array(sum(a, [])), np.array(sum(b, [])), atol=1e-5)
+
+
+def test_prm_context_overflow_truncates_left_and_marks_lost_steps(random_prm):
+    prm = StepTagPRM(random_prm, max_length=40)
+    p = task.make_split("test", size=1)[0]
+    scores = prm.score([p.question], [p.gold_steps()])[0]
+    assert len(scores) == len(p.operations)
+    assert np.isnan(scores[0]) and not np.isnan(scores[-1])
+
+
+def test_prm_rejects_a_step_holding_the_tag(random_prm):
+    with pytest.raises(ValueError, match="step tag"):
+        StepTagPRM(random_prm).score(["q"], [["a <extra_0> b"]])
+
+
+def test_missing_model_dir_names_the_path(tmp_path):
+    with pytest.raises(FileNotFoundError, match=str(tmp_path / "nope")):
+        TransformersGenerator(tmp_path / "nope")
+
+
+def test_sampling_filters_and_rows_are_independent():
+    logits = torch.tensor([[2.0, 1.0, 0.0, -1.0]] * 2)
+    probs = filtered_probs(logits, SamplingParams(temperature=1.0, top_p=0.7, top_k=0))
+    assert probs[0, 2:].sum() == 0 and torch.allclose(probs.sum(-1), torch.ones(2))
+    assert filtered_probs(logits, SamplingParams(temperature=1.0, top_p=1.0, top_k=1))[0].tolist() == [1, 0, 0, 0]
+    greedy = filtered_probs(logits, SamplingParams(temperature=0.0, top_p=1.0, top_k=0))
+    assert greedy[0].argmax() == 0 and greedy[0].sum() == 1
+    draws = [sample_rows(logits, SamplingParams(1.0, 1.0, 0), [np.random.default_rng(s), np.random.default_rng(7)])[1]
+             for s in range(5)]
+    assert len(set(int(d) for d in draws)) == 1  # row 1 never depends on row 0's stream
+
+
+def test_bad_sampling_settings_are_refused():
+    with pytest.raises(ValueError, match="top_p"):
+        SamplingParams(top_p=0)
+    with pytest.raises(ValueError, match="temperature"):
+        SamplingParams(temperature=-1)
+
+
+def test_generator_stops_at_the_delimiter_and_reports_tokens():
+    generator = TransformersGenerator(DATA_DIR / "weak", SamplingParams(1.0, 1.0, 0, 48), name="w")
+    p = task.make_split("test", size=1)[0]
+    proposal = generator.propose([StepRequest(p.id, p.question, ())])[0]
+    assert "\n\n" not in proposal.text and proposal.tokens >= 3 and not proposal.truncated
+    capped = TransformersGenerator(DATA_DIR / "weak", SamplingParams(1.0, 1.0, 0, 2), name="w")
+    short = capped.propose([StepRequest(p.id, p.question, ())])[0]
+    assert short.truncated and short.tokens == 2

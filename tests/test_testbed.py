@@ -1,0 +1,93 @@
+"""The shipped testbed: it loads like real models, is deterministic, and is calibrated."""
+
+import time
+
+import numpy as np
+import pytest
+from transformers import AutoModelForCausalLM, AutoModelForTokenClassification, AutoTokenizer
+
+from trim import testbed
+from trim.protocols import StepRequest
+from trim.testbed.report import PRM_AUROC_TARGET, TARGETS
+from trim.testbed import DATA_DIR, evaluate, task
+
+
+@pytest.fixture(scope="module")
+def tb():
+    return testbed.load(seed=0)
+
+
+@pytest.mark.parametrize("name, auto", [("weak", AutoModelForCausalLM), ("strong", AutoModelForCausalLM),
+                                        ("prm", AutoModelForTokenClassification)])
+def test_checkpoints_load_like_real_models(name, auto):
+    tokenizer = AutoTokenizer.from_pretrained(DATA_DIR / name)
+    model = auto.from_pretrained(DATA_DIR / name)
+    assert tokenizer.convert_tokens_to_ids("<extra_0>") != tokenizer.unk_token_id
+    assert model.config.vocab_size == len(tokenizer)
+    assert (DATA_DIR / name / "training.json").is_file()
+
+
+def test_checkpoints_fit_the_size_budget():
+    size = sum(f.stat().st_size for f in DATA_DIR.rglob("*") if f.is_file())
+    assert size < 60e6, f"testbed is {size / 1e6:.1f} MB"
+
+
+def test_problem_generator_is_deterministic_and_splits_are_disjoint():
+    a, b = task.make_split("test"), task.make_split("test")
+    assert [p.question for p in a] == [p.question for p in b]
+    assert [p.question for p in task.make_split("test", seed=1)] != [p.question for p in a]
+    lengths = {len(p.operations) for p in a}
+    assert min(lengths) == 2 and max(lengths) == 10
+    shifted = task.make_split("shifted")
+    assert min(len(p.operations) for p in shifted) >= 8
+    train = {p.question for p in task.make_split("train")}
+    assert not train & {p.question for p in a}, "test problems leak into train"
+
+
+def test_tokenizer_round_trips_every_solution_string():
+    tokenizer = AutoTokenizer.from_pretrained(DATA_DIR / "tokenizer")
+    rng = np.random.default_rng(0)
+    for split in task.SPLITS:
+        for p in task.make_split(split, size=500):
+            steps, _ = task.demonstration(p, rng, task.WEAK_TEACHER)
+            for text in (p.question, p.gold_solution(), task.STEP_DELIMITER.join(steps)):
+                ids = tokenizer(text, add_special_tokens=False).input_ids
+                assert tokenizer.decode(ids) == text
+    assert len(tokenizer.tokenize(task.STEP_DELIMITER)) == 1
+
+
+def test_same_seed_same_steps_and_shared_prefix_shared_continuation(tb):
+    problems = tb.splits["test"][:16]
+    requests = [StepRequest(p.id, p.question, tuple(p.gold_steps()[:2]), seed=3) for p in problems]
+    first = tb.weak.propose(requests)
+    # Another batch composition and order: each row's text depends only on its own seed and prefix.
+    again = tb.weak.propose(list(reversed(requests)) + requests[:3])[: len(requests)][::-1]
+    assert first == again
+    other = tb.weak.propose([StepRequest(r.problem_id, r.question, r.steps, seed=4) for r in requests])
+    assert other != first
+
+
+def test_a_fixed_seed_sample_lands_in_the_calibration_ranges(tb):
+    start = time.time()
+    problems = tb.splits["test"][:200]
+    for role in ("weak", "strong"):
+        generator = getattr(tb, role)
+        steps = evaluate.next_step_samples(generator, problems, seed=0)
+        solutions = evaluate.solution_table(evaluate.sample_solutions(generator, problems, seed=0))
+        low, high = TARGETS[role]["next_step_accuracy"]
+        assert low <= steps["correct"].mean() <= high, (role, steps["correct"].mean())
+        low, high = TARGETS[role]["solution_accuracy"]
+        assert low <= solutions["solution_accuracy"] <= high, (role, solutions)
+        assert solutions["cascade_recovery"] < 0.05
+        if role == "weak":
+            errors = 1 - steps.groupby("step_type")["correct"].mean()
+            assert errors.max() >= 3 * errors.min(), errors.to_dict()
+    print(f"calibration sample of {len(problems)} problems in {time.time() - start:.1f} s")
+
+
+def test_prm_separates_correct_from_wrong_weak_steps(tb):
+    samples = evaluate.sample_solutions(tb.weak, tb.splits["test"][:200], seed=0)
+    table = evaluate.prm_step_table(tb.prm, samples)
+    auc = evaluate.auroc(table["score"].to_numpy(), table["on_track"].to_numpy())
+    low, high = PRM_AUROC_TARGET
+    assert low - 0.03 <= auc <= high + 0.03, auc  # 200 problems: a little sampling slack around the target
