@@ -35,7 +35,7 @@ def test_incremental_prm_scores_equal_full_rescoring(random_prm):
         a = incremental.score([q for q, _ in rows], [s for _, s in rows])
         b = full.score([q for q, _ in rows], [s for _, s in rows])
         assert np.allclose(np.array(sum(a, [])), np.array(sum(b, [])), atol=1e-5)
-    assert incremental._prefixes, "prefixes were cached"
+    assert incremental.prefixes.entries, "prefixes were cached"
     # A branch (a strong rewrite of step 3) reuses the two-step prefix and still matches.
     branch = [s[:2] + ["3) 1 + 1 = 2"] for s in solutions]
     a = incremental.score([p.question for p in problems], branch)
@@ -88,3 +88,15 @@ def test_generator_stops_at_the_delimiter_and_reports_tokens():
     capped = TransformersGenerator(DATA_DIR / "weak", SamplingParams(1.0, 1.0, 0, 2), name="w")
     short = capped.propose([StepRequest(p.id, p.question, ())])[0]
     assert short.truncated and short.tokens == 2
+
+
+def test_generator_prefix_reuse_gives_the_same_solutions_as_rereading():
+    from trim.testbed import SAMPLING, evaluate
+
+    reuse = TransformersGenerator(DATA_DIR / "weak", SAMPLING, name="w")
+    reread = TransformersGenerator(DATA_DIR / "weak", SAMPLING, name="w", reuse_prefix=False)
+    problems = task.make_split("validation", size=24)
+    a = evaluate.sample_solutions(reuse, problems, seed=1)
+    b = evaluate.sample_solutions(reread, problems, seed=1)
+    assert [s.steps for s in a] == [s.steps for s in b]
+    assert reuse.prefixes.entries and not reread.prefixes.entries

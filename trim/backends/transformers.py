@@ -5,15 +5,15 @@ the directory (and, for Qwen's PRM, `trust_remote_code`) changes."""
 
 from __future__ import annotations
 
-from collections import OrderedDict
 from functools import cached_property
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 import torch
-from transformers import AutoModel, AutoModelForCausalLM, AutoModelForTokenClassification, AutoTokenizer, DynamicCache
+from transformers import AutoModel, AutoModelForCausalLM, AutoModelForTokenClassification, AutoTokenizer
 
+from trim.backends.prefix_cache import PastBatch, PrefixCache
 from trim.protocols import STEP_DELIMITER, SamplingParams, StepProposal, StepRequest, request_seed
 from trim.sampling import sample_rows
 
@@ -29,6 +29,13 @@ def _require_dir(path: str | Path, what: str) -> Path:
             "data/testbed/ of the repository."
         )
     return path
+
+
+def _resolve_source(model: str | Path, what: str) -> str:
+    """A local directory (checked, with a clear error) or, for a bare `org/name`, a hub id."""
+    text = str(model)
+    looks_local = isinstance(model, Path) or text.startswith(("/", ".", "~")) or text.count("/") != 1
+    return str(_require_dir(Path(text).expanduser(), what)) if looks_local or Path(text).exists() else text
 
 
 def _load_tokenizer(source: str | Path):
@@ -57,13 +64,15 @@ class TransformersGenerator:
 
     def __init__(self, model: str | Path, sampling: SamplingParams = SamplingParams(), name: str | None = None,
                  seed: int = 0, device: str | None = None, dtype: torch.dtype | None = None,
-                 system_prompt: str | None = None, batch_size: int = 256):
-        source = _require_dir(model, "generator") if Path(str(model)).exists() or "/" not in str(model) else model
+                 system_prompt: str | None = None, batch_size: int = 256, reuse_prefix: bool = True,
+                 prefix_cache_bytes: int = 1 << 30):
+        source = _resolve_source(model, "generator")
         self.name = name or Path(str(model)).name
         self.sampling, self.seed, self.system_prompt, self.batch_size = sampling, seed, system_prompt, batch_size
         self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         self.tokenizer = _load_tokenizer(source)
-        self.model = AutoModelForCausalLM.from_pretrained(str(source), torch_dtype=dtype).to(self.device).eval()
+        self.model = AutoModelForCausalLM.from_pretrained(source, torch_dtype=dtype).to(self.device).eval()
+        self.reuse_prefix, self.prefixes = reuse_prefix, PrefixCache(prefix_cache_bytes)
 
     @cached_property
     def stop_ids(self) -> torch.Tensor:
@@ -85,11 +94,19 @@ class TransformersGenerator:
     @torch.inference_mode()
     def _propose_batch(self, requests: Sequence[StepRequest]) -> list[StepProposal]:
         rngs = [np.random.default_rng(request_seed(self.seed + r.seed, self.name, r)) for r in requests]
-        enc = self.tokenizer([self.prompt(r) for r in requests], return_tensors="pt", padding=True,
-                             add_special_tokens=False).to(self.device)
-        mask = enc.attention_mask
-        positions = (mask.cumsum(-1) - 1).clamp(min=0)
-        out = self.model(input_ids=enc.input_ids, attention_mask=mask, position_ids=positions, use_cache=True)
+        encoded = [self.tokenizer(self.prompt(r), add_special_tokens=False).input_ids for r in requests]
+        # Continue from the longest cached prompt of this problem (its previous steps' prompts).
+        found = [self.prefixes.find([(r.question, r.steps[:k]) for k in range(len(r.steps) - 1, -1, -1)], ids)
+                 if self.reuse_prefix else None for r, ids in zip(requests, encoded)]
+        batch = PastBatch(found, [ids[0 if f is None else len(f["ids"]):] for f, ids in zip(found, encoded)],
+                          self.tokenizer.pad_token_id, self.device)
+        out = self.model(input_ids=batch.input_ids, attention_mask=batch.mask, position_ids=batch.positions,
+                         past_key_values=batch.cache, use_cache=True)
+        for row, (r, ids) in enumerate(zip(requests, encoded) if self.reuse_prefix else ()):
+            # Keep all but the prompt's last token: the next call must feed at least one token.
+            self.prefixes.put((r.question, r.steps), ids[:-1], batch.row_kv(row, batch.news[row] - 1))
+        mask = batch.mask
+        positions = batch.positions[:, -1:]
         n = len(requests)
         generated = torch.full((n, self.sampling.max_step_tokens), self.tokenizer.pad_token_id, device=self.device)
         lengths = torch.zeros(n, dtype=torch.long, device=self.device)
@@ -105,7 +122,7 @@ class TransformersGenerator:
             if bool(done.all()):
                 break
             mask = torch.cat([mask, (~done).long().unsqueeze(-1)], dim=-1)
-            positions = positions[:, -1:] + 1
+            positions = positions + 1
             out = self.model(input_ids=token.unsqueeze(-1), attention_mask=mask, position_ids=positions,
                              past_key_values=out.past_key_values, use_cache=True)
         proposals = []
@@ -136,19 +153,18 @@ class StepTagPRM:
                  device: str | None = None, dtype: torch.dtype | None = None, trust_remote_code: bool = False,
                  system_prompt: str | None = None, batch_size: int = 64, max_length: int | None = None,
                  reuse_prefix: bool = True, prefix_cache_bytes: int = 1 << 30):
-        source = _require_dir(model, "PRM") if Path(str(model)).exists() or "/" not in str(model) else model
+        source = _resolve_source(model, "PRM")
         self.name = name or Path(str(model)).name
         self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         self.tokenizer = _load_tokenizer(source)
         self.step_tag, self.system_prompt, self.batch_size = step_tag, system_prompt, batch_size
         self.step_tag_id = self.tokenizer.convert_tokens_to_ids(step_tag)
         loader = AutoModel if trust_remote_code else AutoModelForTokenClassification
-        self.model = loader.from_pretrained(str(source), torch_dtype=dtype,
+        self.model = loader.from_pretrained(source, torch_dtype=dtype,
                                             trust_remote_code=trust_remote_code).to(self.device).eval()
         self.max_length = max_length or getattr(self.model.config, "max_position_embeddings", 4096)
-        self.reuse_prefix, self.prefix_cache_bytes = reuse_prefix, prefix_cache_bytes
-        self._prefixes: OrderedDict = OrderedDict()  # (question, steps) -> ids, per-layer K/V, scores
-        self._prefix_bytes = 0
+        self.reuse_prefix = reuse_prefix
+        self.prefixes = PrefixCache(prefix_cache_bytes)  # (question, steps) -> ids, per-layer K/V, scores
 
     def text(self, question: str, steps: Sequence[str]) -> str:
         messages = [{"role": "system", "content": self.system_prompt}] if self.system_prompt else []
@@ -172,7 +188,7 @@ class StepTagPRM:
         result: list = [None] * len(encoded)
         if self.reuse_prefix:
             for i, (q, s) in enumerate(zip(questions, steps)):
-                entry = self._prefixes.get((q, tuple(s)))
+                entry = self.prefixes.entries.get((q, tuple(s)))
                 if entry is not None:
                     result[i] = list(entry["scores"])
         todo = [i for i in range(len(encoded)) if result[i] is None]
@@ -209,64 +225,17 @@ class StepTagPRM:
 
     @torch.inference_mode()
     def _score_incremental(self, questions, steps, encoded) -> list[list[float]]:
-        """Score only the tokens after the longest already-scored prefix of each row.
-
-        The PRM is causal, so the keys and values of an accepted prefix never change: each round feeds
-        just the new step (and a strong rewrite once), instead of re-reading the whole solution: linear,
-        not quadratic, in the solution's length."""
-        found = [self._lookup(q, s, ids) for q, s, ids in zip(questions, steps, encoded)]
-        lengths = [0 if f is None else len(f["ids"]) for f in found]
-        news = [ids[n:] for ids, n in zip(encoded, lengths)]
-        batch, past, width = len(encoded), max(lengths), max(len(n) for n in news)
-        pad = self.tokenizer.pad_token_id
-        mask = torch.zeros(batch, past + width, dtype=torch.long, device=self.device)
-        input_ids = torch.full((batch, width), pad, device=self.device)
-        positions = torch.zeros(batch, width, dtype=torch.long, device=self.device)
-        for row, (n, new) in enumerate(zip(lengths, news)):
-            mask[row, past - n: past + len(new)] = 1
-            input_ids[row, : len(new)] = torch.tensor(new)
-            positions[row] = n + torch.arange(width)
-        cache = DynamicCache()
-        if past:
-            layers = []
-            for layer in range(len(next(f for f in found if f is not None)["kv"])):
-                keys = values = None
-                for row, f in enumerate(found):
-                    if f is None:
-                        continue
-                    k, v = f["kv"][layer]
-                    if keys is None:
-                        keys = k.new_zeros((batch, k.shape[0], past, k.shape[-1]))
-                        values = v.new_zeros((batch, v.shape[0], past, v.shape[-1]))
-                    keys[row, :, past - lengths[row]:] = k
-                    values[row, :, past - lengths[row]:] = v
-                layers.append((keys, values))
-            cache = DynamicCache.from_legacy_cache(tuple(layers))
-        logits = self.model(input_ids=input_ids, attention_mask=mask, position_ids=positions,
-                            past_key_values=cache, use_cache=True).logits
-        full = cache.to_legacy_cache()
+        """Score only the tokens after the longest already-scored prefix of each row (`PrefixCache`)."""
+        found = [self.prefixes.find([(q, tuple(s[:k])) for k in range(len(s) - 1, 0, -1)], ids)
+                 for q, s, ids in zip(questions, steps, encoded)]
+        batch = PastBatch(found, [ids[0 if f is None else len(f["ids"]):] for f, ids in zip(found, encoded)],
+                          self.tokenizer.pad_token_id, self.device)
+        logits = self.model(input_ids=batch.input_ids, attention_mask=batch.mask, position_ids=batch.positions,
+                            past_key_values=batch.cache, use_cache=True).logits
         result = []
         for row, (q, s, ids) in enumerate(zip(questions, steps, encoded)):
-            new_scores = self._tag_scores(logits[row, : len(news[row])], input_ids[row, : len(news[row])])
-            scores = (found[row]["scores"] if found[row] else []) + new_scores
-            kv = [(k[row, :, past - lengths[row]: past + len(news[row])].clone(),
-                   v[row, :, past - lengths[row]: past + len(news[row])].clone()) for k, v in full]
-            self._store((q, tuple(s)), {"ids": ids, "kv": kv, "scores": scores})
+            new = slice(batch.width - batch.news[row], batch.width)
+            scores = (found[row]["scores"] if found[row] else []) + self._tag_scores(logits[row, new], batch.input_ids[row, new])
+            self.prefixes.put((q, tuple(s)), ids, batch.row_kv(row, batch.news[row]), scores=scores)
             result.append(scores)
         return result
-
-    def _lookup(self, question: str, steps: Sequence[str], ids: list[int]):
-        for k in range(len(steps) - 1, 0, -1):
-            entry = self._prefixes.get((question, tuple(steps[:k])))
-            if entry is not None and ids[: len(entry["ids"])] == entry["ids"]:
-                self._prefixes.move_to_end((question, tuple(steps[:k])))
-                return entry
-        return None
-
-    def _store(self, key, entry) -> None:
-        size = sum(k.numel() * k.element_size() * 2 for k, _ in entry["kv"])
-        self._prefixes[key] = entry
-        self._prefix_bytes += size
-        while self._prefix_bytes > self.prefix_cache_bytes and len(self._prefixes) > 1:
-            _, old = self._prefixes.popitem(last=False)
-            self._prefix_bytes -= sum(k.numel() * k.element_size() * 2 for k, _ in old["kv"])

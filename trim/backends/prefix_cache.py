@@ -1,0 +1,86 @@
+"""Reuse the keys and values of token prefixes a causal model has already read.
+
+Routing reads the same growing solution again and again: the generator re-reads the question and the
+accepted steps before every new step, the PRM re-reads them before scoring every candidate. For a
+causal model the keys and values of a prefix never change, so each row keeps them here and the next
+call feeds only the tokens after its longest cached prefix: linear, not quadratic, in solution length.
+(vLLM does the same on a GPU with automatic prefix caching.)"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from typing import Hashable, Sequence
+
+import torch
+from transformers import DynamicCache
+
+
+class PrefixCache:
+    """(key -> token ids and per-layer K/V), least recently used first out, bounded in bytes."""
+
+    def __init__(self, max_bytes: int = 1 << 30):
+        self.max_bytes, self.bytes = max_bytes, 0
+        self.entries: OrderedDict = OrderedDict()
+
+    def find(self, keys: Sequence[Hashable], ids: list[int]) -> dict | None:
+        """The first of `keys` whose cached ids are a strict prefix of `ids` (tokenisation can differ at a
+        boundary, so the ids are checked, never assumed)."""
+        for key in keys:
+            entry = self.entries.get(key)
+            if entry is not None and len(entry["ids"]) < len(ids) and ids[: len(entry["ids"])] == entry["ids"]:
+                self.entries.move_to_end(key)
+                return entry
+        return None
+
+    def put(self, key: Hashable, ids: list[int], kv: list[tuple[torch.Tensor, torch.Tensor]], **extra) -> None:
+        if key in self.entries:
+            self.bytes -= self.entries.pop(key)["bytes"]
+        size = sum(k.numel() * k.element_size() * 2 for k, _ in kv)
+        self.entries[key] = {"ids": ids, "kv": kv, "bytes": size, **extra}
+        self.bytes += size
+        while self.bytes > self.max_bytes and len(self.entries) > 1:
+            self.bytes -= self.entries.popitem(last=False)[1]["bytes"]
+
+
+class PastBatch:
+    """A batch whose rows continue from cached prefixes of different lengths.
+
+    Layout per row: [left pad | cached prefix (L_i) | left pad | new tokens (n_i)], widths P and N, so
+    every row's last token sits in the last column (ready for decoding)."""
+
+    def __init__(self, found: Sequence[dict | None], news: Sequence[list[int]], pad_id: int, device):
+        self.lengths = [0 if f is None else len(f["ids"]) for f in found]
+        self.news = [len(n) for n in news]
+        self.past, self.width = max(self.lengths), max(self.news)
+        batch = len(news)
+        self.mask = torch.zeros(batch, self.past + self.width, dtype=torch.long, device=device)
+        self.input_ids = torch.full((batch, self.width), pad_id, device=device)
+        self.positions = torch.zeros(batch, self.width, dtype=torch.long, device=device)
+        for row, (length, new) in enumerate(zip(self.lengths, news)):
+            self.mask[row, self.past - length: self.past] = 1
+            self.mask[row, self.past + self.width - len(new):] = 1
+            self.input_ids[row, self.width - len(new):] = torch.tensor(new, device=device)
+            self.positions[row, self.width - len(new):] = length + torch.arange(len(new), device=device)
+        self.cache = DynamicCache()
+        if self.past:
+            layers = []
+            template = next(f for f in found if f is not None)["kv"]
+            for layer, (k0, v0) in enumerate(template):
+                keys = k0.new_zeros((batch, k0.shape[0], self.past, k0.shape[-1]))
+                values = v0.new_zeros((batch, v0.shape[0], self.past, v0.shape[-1]))
+                for row, f in enumerate(found):
+                    if f is not None:
+                        k, v = f["kv"][layer]
+                        keys[row, :, self.past - k.shape[1]:] = k
+                        values[row, :, self.past - v.shape[1]:] = v
+                layers.append((keys, values))
+            self.cache = DynamicCache.from_legacy_cache(tuple(layers))
+
+    def row_kv(self, row: int, keep_new: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Row `row`'s cached prefix plus its first `keep_new` new tokens, as contiguous copies."""
+        start = self.past + self.width - self.news[row]
+        out = []
+        for k, v in self.cache.to_legacy_cache():
+            out.append(tuple(torch.cat([t[row, :, self.past - self.lengths[row]: self.past], t[row, :, start: start + keep_new]], dim=1).clone()
+                             for t in (k, v)))
+        return out
