@@ -100,10 +100,13 @@ def test_stops_at_max_steps_and_max_tokens():
     assert records[0]["stop_reason"] == "max-tokens" and records[0]["num_steps"] == 3
 
 
-def test_an_empty_weak_step_is_written_by_the_strong_model_and_counted():
+def test_an_empty_weak_step_scores_zero_and_is_counted():
     weak, strong = ScriptedGenerator("weak", empty_steps={2}), ScriptedGenerator("strong")
-    r = run_policy(PROBLEMS[:1], WeakOnly(), weak, strong, KeywordPRM())[0]
+    r = run_policy(PROBLEMS[:1], Threshold(0.2), weak, strong, KeywordPRM())[0]
     assert r["empty_steps"] == 1 and r["steps"][1]["model"] == "strong" and r["correct"]
+    # Weak-only keeps it (it never pays for strong tokens) and the solution ends there, counted.
+    r = run_policy(PROBLEMS[:1], WeakOnly(), weak, strong, KeywordPRM())[0]
+    assert r["empty_steps"] == 1 and r["strong_tokens"] == 0 and r["stop_reason"] == "empty-step" and not r["correct"]
 
 
 def test_traces_append_resume_and_refuse_other_settings(tmp_path):

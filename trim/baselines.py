@@ -42,9 +42,10 @@ def weak_confidence(generator, questions: Sequence[str], solutions: Sequence[Seq
     return np.array(out)
 
 
-def outcomes(harness, problems: Sequence) -> Outcomes:
-    weak = harness.run(problems, WeakOnly())
-    strong = harness.run(problems, StrongOnly())
+def outcomes(harness, problems: Sequence, tag: str = "") -> Outcomes:
+    """Router inputs and labels from weak-only and strong-only runs (`harness` is a `trim.sweep.Harness`)."""
+    weak = harness.run(problems, WeakOnly(), tag)
+    strong = harness.run(problems, StrongOnly(), tag)
     data = Outcomes.from_traces(weak, strong, {p.id: p.question for p in problems})
     steps = [[s["text"] for s in r["steps"]] for r in weak]
     data.weak_confidence = weak_confidence(harness.weak.generator, data.questions, steps)
@@ -61,9 +62,8 @@ def compare(harness, train: Sequence, validation: Sequence, test: Sequence, step
     """Fit every router, trace its curve on test, and tabulate CPT/dIBC/APGR beside the step-level families.
 
     `step_families` maps a name to a sweep table (columns strong_tokens, accuracy) measured on `test`."""
-    from trim.sweep import Harness  # noqa: F401  (documentation: harness is a trim.sweep.Harness)
-
-    data = {name: outcomes(harness, problems) for name, problems in (("train", train), ("validation", validation), ("test", test))}
+    data = {name: outcomes(harness, problems, tag) for name, problems, tag in
+            (("train", train, "-train"), ("validation", validation, "-validation"), ("test", test, ""))}
     ends, _, _ = harness.endpoints(test)
     curves = {}
     for router in routers or default_routers():

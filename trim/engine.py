@@ -30,7 +30,7 @@ class _State:
     problem: object
     steps: list = dataclasses.field(default_factory=list)     # accepted step texts
     records: list = dataclasses.field(default_factory=list)   # per-step trace records
-    scores: list = dataclasses.field(default_factory=list)    # PRM score of each accepted step (latest)
+    scores: list = dataclasses.field(default_factory=list)    # PRM scores of the accepted steps, as last read
     strong_tokens: int = 0
     weak_tokens: int = 0
     discarded_tokens: int = 0
@@ -77,30 +77,26 @@ def _round(active: list[_State], policy: Policy, weak, strong, prm, run: RunSett
     t_index = len(active[0].steps)  # lockstep: every active problem is at the same step index
     requests = [StepRequest(s.problem.id, s.problem.question, tuple(s.steps), run.seed) for s in active]
     regenerate = [True] * len(active)
-    candidates = [None] * len(active)
+    candidates: list = [None] * len(active)
     if policy.uses_weak:
         candidates = weak.propose(requests)
         nonempty = [i for i, c in enumerate(candidates) if c.text.strip()]
-        scores = prm.score([active[i].problem.question for i in nonempty],
-                           [active[i].steps + [candidates[i].text] for i in nonempty]) if nonempty else []
+        scored = dict(zip(nonempty, prm.score([active[i].problem.question for i in nonempty],
+                                              [active[i].steps + [candidates[i].text] for i in nonempty]))) if nonempty else {}
         observations = []
-        for i, all_scores in zip(nonempty, scores):
-            state = active[i]
-            state.scores = all_scores[:-1]
+        for i, (state, candidate) in enumerate(zip(active, candidates)):
+            if i in scored:
+                state.scores = [_finite(x) for x in scored[i][:-1]]
+                score = _finite(scored[i][-1])
+            else:
+                state.empty_steps += 1
+                score = 0.0  # an empty step has nothing to score: it gets the worst score, the policy decides
             observations.append(Observation(
-                problem_id=state.problem.id, step_index=t_index + 1, score=_finite(all_scores[-1]),
-                previous_scores=tuple(_finite(x) for x in all_scores[:-1]), tokens=candidates[i].tokens,
-                strong_tokens=state.strong_tokens, weak_tokens=state.weak_tokens))
-        decisions = policy.regenerate_batch(observations) if observations else []
-        for i, decision, obs in zip(nonempty, decisions, observations):
-            regenerate[i] = bool(decision)
-            active[i].records.append({"score": obs.score})
-        scored = set(nonempty)
-        for i, c in enumerate(candidates):
-            active[i].weak_tokens += c.tokens
-            if i not in scored:
-                active[i].empty_steps += 1   # an empty weak step cannot be kept: the strong model writes it
-                active[i].records.append({"score": None})
+                problem_id=state.problem.id, step_index=t_index + 1, score=score, previous_scores=tuple(state.scores),
+                tokens=candidate.tokens, strong_tokens=state.strong_tokens, weak_tokens=state.weak_tokens))
+            state.weak_tokens += candidate.tokens
+            state.records.append({"score": score if i in scored else None})
+        regenerate = [bool(d) for d in policy.regenerate_batch(observations)]
     else:
         for state in active:
             state.records.append({"score": None})
@@ -111,6 +107,7 @@ def _round(active: list[_State], policy: Policy, weak, strong, prm, run: RunSett
         if i in rewrites:
             chosen, model = rewrites[i], "strong"
             state.strong_tokens += chosen.tokens
+            state.empty_steps += not chosen.text.strip()
             discarded = candidates[i].tokens if candidates[i] is not None else 0
             state.discarded_tokens += discarded
             record.update(decision="regenerate" if candidates[i] is not None else "strong-only",
@@ -133,7 +130,6 @@ def _stop_reason(state: _State, step, run: RunSettings) -> str | None:
     if "\\boxed" in step.text:
         return "boxed"
     if not step.text.strip():
-        state.empty_steps += 1
         return "empty-step"
     if step.finished:
         return "end-of-text"

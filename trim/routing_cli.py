@@ -119,6 +119,54 @@ def cmd_calibrate(args) -> int:
     return 0
 
 
+def _plot_curves(curves: dict, ends, path: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for name, table in curves.items():
+        ordered = table.sort_values("strong_tokens")
+        ax.plot(ordered["strong_tokens"], ordered["accuracy"], "-" if len(ordered) > 3 else "o", label=name,
+                lw=2.2 if name.startswith(("TRIM", "RSD")) else 1.2)
+    ax.plot([0, ends.strong_cost], [ends.weak_accuracy, ends.strong_accuracy], "k--", lw=1, label="weak-only to strong-only")
+    ax.set_xlabel("strong tokens per query")
+    ax.set_ylabel("accuracy")
+    ax.set_title(title)
+    ax.legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+def cmd_baselines(args) -> int:
+    from trim import testbed
+    from trim.baselines import compare
+    from trim.policies import RSD
+    from trim.sweep import threshold_grid
+
+    out = Path(args.out or f"runs/{args.split}")
+    harness, problems = _harness(args, out)
+    tb_splits = testbed.Splits()
+    train = tb_splits["train"][: args.train_problems]
+    validation = tb_splits["validation"][: args.validation_problems]
+    thr = harness.sweep(problems, threshold_grid(args.points))
+    rsd = harness.sweep(problems, [RSD()])
+    table, curves = compare(harness, train, validation, problems, {"TRIM-Thr": thr, "RSD": rsd})
+    ends, weak, strong = harness.endpoints(problems)
+    _print(table)
+    query = table.drop(index=["TRIM-Thr", "RSD", "random"], errors="ignore")
+    best = query["dIBC"].idxmax()
+    print(f"\nweak-only {weak['accuracy']:.3f}, strong-only {strong['accuracy']:.3f} at {ends.strong_cost:.1f} strong tokens/query")
+    print(f"dIBC(TRIM-Thr) / dIBC(best query-level: {best}) = {table.loc['TRIM-Thr', 'dIBC']:.2f} / "
+          f"{query.loc[best, 'dIBC']:.2f} = {table.loc['TRIM-Thr', 'dIBC'] / query.loc[best, 'dIBC']:.1f} "
+          "(paper, MATH-500: 4.75 / 0.95 = 5.0)")
+    table.to_csv(out / "baselines.csv")
+    _plot_curves({"TRIM-Thr": thr, "RSD": rsd, **curves}, ends, out / "baselines.png", f"testbed {args.split} split")
+    print(f"table: {out / 'baselines.csv'}   plot: {out / 'baselines.png'}")
+    return 0
+
+
 def cmd_metrics(args) -> int:
     from trim.metrics import Endpoints, frontier_table, summarize
     from trim.traces import read_traces
@@ -169,6 +217,14 @@ def register(sub) -> None:
     p.add_argument("--points", type=_positive, default=21, help="grid of thresholds to interpolate (default 21)")
     p.add_argument("--out", default=None, help="trace directory (default: runs)")
     p.set_defaults(func=cmd_calibrate)
+
+    p = sub.add_parser("baselines", help="query-level routers (RouteLLM, AutoMix) beside TRIM-Thr: table and plot")
+    _common(p)
+    p.add_argument("--train-problems", type=_positive, default=2000, help="training problems for the routers' labels")
+    p.add_argument("--validation-problems", type=_positive, default=500, help="validation problems for tuning")
+    p.add_argument("--points", type=_positive, default=21, help="TRIM-Thr thresholds on [0, 1] (default 21)")
+    p.add_argument("--out", default=None, help="directory for traces, baselines.csv and baselines.png")
+    p.set_defaults(func=cmd_baselines)
 
     p = sub.add_parser("metrics", help="PGR / CPT / dIBC / APGR table from trace files")
     p.add_argument("traces", nargs="+", help="JSONL trace files, including weak-only and strong-only")

@@ -22,12 +22,31 @@ DATA_DIR = Path(__file__).resolve().parents[2] / "data" / "testbed"
 SAMPLING = SamplingParams(temperature=1.0, top_p=1.0, top_k=0, max_step_tokens=48)
 
 
+class Splits(dict):
+    """The fixed problem splits, each generated on first use (all of them take about 2 s)."""
+
+    def __init__(self, seed: int = 0):
+        super().__init__()
+        self.seed = seed
+
+    def __missing__(self, name: str):
+        from trim.testbed import task
+
+        self[name] = task.make_split(name, seed=self.seed)
+        return self[name]
+
+    def keys(self):
+        from trim.testbed import task
+
+        return task.SPLITS.keys()
+
+
 @dataclasses.dataclass
 class Testbed:
     weak: "TransformersGenerator"
     strong: "TransformersGenerator"
     prm: "StepTagPRM"
-    splits: dict
+    splits: Splits
     sampling: SamplingParams
     seed: int
 
@@ -37,12 +56,10 @@ def load(seed: int = 0, sampling: SamplingParams = SAMPLING, data_dir: str | Pat
     import torch
 
     from trim.backends.transformers import StepTagPRM, TransformersGenerator
-    from trim.testbed import task
 
     torch.set_num_threads(min(2, torch.get_num_threads()))
     data_dir = Path(data_dir)
     weak = TransformersGenerator(data_dir / "weak", sampling=sampling, name="testbed-weak", seed=seed, device="cpu")
     strong = TransformersGenerator(data_dir / "strong", sampling=sampling, name="testbed-strong", seed=seed, device="cpu")
     prm = StepTagPRM(data_dir / "prm", name="testbed-prm", device="cpu")
-    splits = {name: task.make_split(name, seed=split_seed) for name in task.SPLITS}
-    return Testbed(weak=weak, strong=strong, prm=prm, splits=splits, sampling=sampling, seed=seed)
+    return Testbed(weak=weak, strong=strong, prm=prm, splits=Splits(split_seed), sampling=sampling, seed=seed)

@@ -54,7 +54,9 @@ def calibration_frame(result: dict) -> pd.DataFrame:
             (role, "next-step accuracy (correct prefix)", r["next_step_accuracy"], REAL[role]["next_step_accuracy"], TARGETS[role]["next_step_accuracy"]),
             (role, "whole-solution accuracy", r["solution_accuracy"], REAL[role]["solution_accuracy"], TARGETS[role]["solution_accuracy"]),
             (role, "wrong step yet right answer", r["cascade_recovery"], None, (0.0, 0.05)),
-            (role, "hardest / easiest step-type error", max(errors.values()) / max(min(errors.values()), 1e-9), None, (3.0, np.inf) if role == "weak" else None),
+            (role, "hardest / easiest step-type error",
+             max(errors.values()) / min(errors.values()) if min(errors.values()) > 0 else np.inf, None,
+             (3.0, np.inf) if role == "weak" else None),
             (role, "tokens per step", r["tokens_per_step"], None, None),
             (role, "tokens per solution", r["tokens_per_solution"], None, None),
         ]
