@@ -91,10 +91,10 @@ def test_generator_stops_at_the_delimiter_and_reports_tokens():
 
 
 def test_generator_prefix_reuse_gives_the_same_solutions_as_rereading():
-    from trim.testbed import SAMPLING, evaluate
+    from trim.testbed import WEAK_SAMPLING, evaluate
 
-    reuse = TransformersGenerator(DATA_DIR / "weak", SAMPLING, name="w")
-    reread = TransformersGenerator(DATA_DIR / "weak", SAMPLING, name="w", reuse_prefix=False)
+    reuse = TransformersGenerator(DATA_DIR / "weak", WEAK_SAMPLING, name="w")
+    reread = TransformersGenerator(DATA_DIR / "weak", WEAK_SAMPLING, name="w", reuse_prefix=False)
     problems = task.make_split("validation", size=24)
     a = evaluate.sample_solutions(reuse, problems, seed=1)
     b = evaluate.sample_solutions(reread, problems, seed=1)

@@ -20,7 +20,7 @@ class SamplingParams:
     """How a generator samples. Recorded with every result.
 
     The defaults are the official release's (temperature 0.7, top-p 0.8, top-k 20); the testbed uses
-    pure sampling (see `trim.testbed.SAMPLING`) because its models were trained to be calibrated."""
+    untruncated sampling (see `trim.testbed.SAMPLING`) because its models were trained to be calibrated."""
 
     temperature: float = 0.7
     top_p: float = 0.8

@@ -69,8 +69,10 @@ def cmd_sweep(args) -> int:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    import numpy as np
+
     from trim.metrics import frontier_table
-    from trim.policies import RSD
+    from trim.policies import RSD, RandomRegeneration
     from trim.sweep import threshold_grid
 
     out = Path(args.out or f"runs/{args.split}")
@@ -78,14 +80,23 @@ def cmd_sweep(args) -> int:
     ends, weak, strong = harness.endpoints(problems)
     table = harness.sweep(problems, threshold_grid(args.points))
     rsd = harness.sweep(problems, [RSD()])
+    # The control: regenerate the same share of steps at random, ignoring the PRM.
+    inner = table[(table["regenerated_share"] > 0) & (table["regenerated_share"] < 1)]
+    picks = inner.iloc[np.linspace(0, len(inner) - 1, min(args.random_matched, len(inner))).round().astype(int)] if len(inner) else inner
+    random = harness.sweep(problems, [RandomRegeneration(r, seed=args.seed) for r in picks["regenerated_share"]])
     table["PGR"] = (table["accuracy"] - ends.weak_accuracy) / (ends.strong_accuracy - ends.weak_accuracy)
     _print(table[["policy", "k", "accuracy", "strong_tokens", "weak_tokens", "discarded_tokens", "regenerated_share", "PGR"]])
-    points = list(zip(table["strong_tokens"], table["accuracy"]))
     print()
-    _print(frontier_table({"TRIM-Thr": points}, ends))
+    _print(pd.concat([rsd, random])[["policy", "accuracy", "strong_tokens", "regenerated_share"]])
+    families = {"TRIM-Thr": table, "RSD (k=0.7)": rsd, "random (matched rate)": random}
+    families = {name: list(zip(t["strong_tokens"], t["accuracy"])) for name, t in families.items() if len(t)}
+    print()
+    _print(frontier_table(families, ends))
     fig, ax = plt.subplots(figsize=(6, 4))
     ax.plot(table["strong_tokens"], table["accuracy"], "o-", label="TRIM-Thr (k swept)")
     ax.plot(rsd["strong_tokens"], rsd["accuracy"], "s", label="RSD (k = 0.7)")
+    if len(random):
+        ax.plot(random["strong_tokens"], random["accuracy"], "x:", label="random regeneration (matched rate)")
     ax.plot([0, ends.strong_cost], [ends.weak_accuracy, ends.strong_accuracy], "k--", lw=1, label="weak-only to strong-only")
     ax.set_xlabel("strong tokens per query")
     ax.set_ylabel("accuracy")
@@ -207,6 +218,7 @@ def register(sub) -> None:
     p = sub.add_parser("sweep", help="sweep TRIM-Thr's threshold: one table and an accuracy-vs-strong-tokens plot")
     _common(p)
     p.add_argument("--points", type=_positive, default=21, help="thresholds evenly spaced on [0, 1] (default 21)")
+    p.add_argument("--random-matched", type=int, default=5, help="random-regeneration runs at TRIM-Thr's rates (default 5)")
     p.add_argument("--out", default=None, help="directory for traces, sweep.csv and sweep.png (default: runs/<split>)")
     p.set_defaults(func=cmd_sweep)
 

@@ -64,11 +64,11 @@ def train_prm(args) -> None:
     train_problems = task.make_split("train", seed=0)
     pools = {}
     for role, offset, count in (("weak", 0, args.weak_samples), ("strong", args.weak_samples, args.strong_samples)):
-        generator = TransformersGenerator(DEFAULT_DIR / role, sampling=SAMPLING, name=f"testbed-{role}", seed=args.seed, device="cpu")
+        generator = TransformersGenerator(DEFAULT_DIR / role, sampling=SAMPLING[role], name=f"testbed-{role}", seed=args.seed, device="cpu")
         pools[role] = sample_solutions(generator, train_problems[offset: offset + count], seed=args.seed)
         print(f"sampled {count} {role} solutions in {time.time() - start:.0f} s", flush=True)
     sampled = [(s.problem.question, s.steps, s.on_track) for pool in pools.values() for s in pool]
-    weak = TransformersGenerator(DEFAULT_DIR / "weak", sampling=SAMPLING, name="testbed-weak", seed=args.seed, device="cpu")
+    weak = TransformersGenerator(DEFAULT_DIR / "weak", sampling=SAMPLING["weak"], name="testbed-weak", seed=args.seed, device="cpu")
     held_out = sample_solutions(weak, task.make_split("validation", size=300), seed=args.seed)
     sampling_time = time.time() - start
 
@@ -105,7 +105,7 @@ def train_prm(args) -> None:
                 "labels": "on-track: steps 1..t all exactly correct", "steps_done": step + 1,
                 "steps_planned": args.steps, "batch_size": args.batch_size,
                 "sampled_solutions": {role: len(pool) for role, pool in pools.items()},
-                "sampling_wall_time_s": round(sampling_time, 1), "sampling": SAMPLING.__dict__,
+                "sampling_wall_time_s": round(sampling_time, 1), "sampling": {role: params.__dict__ for role, params in SAMPLING.items()},
                 "fresh_demonstrations_seen": (step + 1) * (args.batch_size - args.batch_size // 2),
                 "wall_time_s": round(time.time() - start, 1), "threads": args.threads, "history": history,
             }, indent=2) + "\n")

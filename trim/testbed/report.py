@@ -20,7 +20,8 @@ PRM_AUROC_TARGET = (0.85, 0.95)
 
 def measure(testbed, problems, seed: int = 0) -> dict:
     """Everything the calibration table reports, measured with the testbed's sampling settings."""
-    result = {"sampling": testbed.sampling.__dict__, "seed": seed, "problems": len(problems)}
+    result = {"sampling": {role: getattr(testbed, role).sampling.__dict__ for role in ("weak", "strong")},
+              "seed": seed, "problems": len(problems)}
     samples = {}
     for role in ("weak", "strong"):
         generator = getattr(testbed, role)

@@ -76,8 +76,8 @@ def lm_batch(tokenizer, examples: list[tuple[str, str]]) -> dict[str, torch.Tens
 
 
 @torch.no_grad()
-def expected_step_accuracy(model, tokenizer, problems) -> dict[str, float]:
-    """P(the model samples exactly the gold step | gold prefix) at temperature 1, per step type.
+def expected_step_accuracy(model, tokenizer, problems, temperature: float = 1.0) -> dict[str, float]:
+    """P(the model samples exactly the gold step | gold prefix) at `temperature`, per step type.
 
     Correctness is exact match, so this teacher-forced product of token probabilities (terminator
     included) *is* the next-step accuracy of pure sampling, computed without sampling noise."""
@@ -89,7 +89,7 @@ def expected_step_accuracy(model, tokenizer, problems) -> dict[str, float]:
         chunk = problems[start: start + 64]
         batch = lm_batch(tokenizer, [training_text(tokenizer, p.question, p.gold_steps()) for p in chunk])
         logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-        logp = torch.log_softmax(logits[:, :-1].float(), -1)
+        logp = torch.log_softmax(logits[:, :-1].float() / temperature, -1)
         targets = batch["labels"][:, 1:]
         token_logp = logp.gather(-1, targets.clamp(min=0).unsqueeze(-1)).squeeze(-1)
         for row, problem in enumerate(chunk):
