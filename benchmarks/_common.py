@@ -13,6 +13,19 @@ def load(problems: int, split: str = "test"):
     return tb, tb.splits[split][:problems]
 
 
+def parse_args(doc: str, problems: int, k: bool = True, **extra):
+    """The options every benchmark shares: how many test problems, and TRIM-Thr's threshold."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--problems", type=int, default=problems, help="test problems to run")
+    if k:
+        parser.add_argument("--k", type=float, default=0.5, help="TRIM-Thr threshold")
+    for name, default in extra.items():
+        parser.add_argument(f"--{name}", type=type(default), default=default)
+    return parser.parse_args()
+
+
 class Timer:
     def __enter__(self):
         self.start = time.perf_counter()

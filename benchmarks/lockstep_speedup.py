@@ -3,18 +3,14 @@
     python benchmarks/lockstep_speedup.py [--problems 256] [--k 0.5]
 """
 
-import argparse
 
-from _common import Timer, load
+from _common import Timer, load, parse_args
 from trim.engine import run_policy
 from trim.policies import Threshold
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--problems", type=int, default=256)
-    parser.add_argument("--k", type=float, default=0.5)
-    args = parser.parse_args()
+    args = parse_args(__doc__, 256)
     tb, problems = load(args.problems)
     policy = Threshold(args.k)
     with Timer() as batched:

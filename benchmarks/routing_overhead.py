@@ -6,12 +6,11 @@ tokens as the TRIM run decoded, with no step boundaries, PRM or policy. Target: 
     python benchmarks/routing_overhead.py [--problems 128] [--k 0.5]
 """
 
-import argparse
 import math
 
 import torch
 
-from _common import Timer, load
+from _common import Timer, load, parse_args
 from trim.engine import run_policy
 from trim.policies import Threshold
 from trim.protocols import StepRequest
@@ -31,10 +30,7 @@ def plain_decode(generator, problems, tokens_total: int) -> float:
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--problems", type=int, default=128)
-    parser.add_argument("--k", type=float, default=0.5)
-    args = parser.parse_args()
+    args = parse_args(__doc__, 128)
     tb, problems = load(args.problems)
     with Timer() as trim_time:
         records = run_policy(problems, Threshold(args.k), tb.weak, tb.strong, tb.prm)

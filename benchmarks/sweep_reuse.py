@@ -3,23 +3,21 @@
     python benchmarks/sweep_reuse.py [--problems 200] [--points 21]
 """
 
-import argparse
 
-from _common import Timer, load
+from _common import Timer, load, parse_args
 from trim.engine import run_policy
 from trim.policies import Threshold
 from trim.sweep import Harness, threshold_grid
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--problems", type=int, default=200)
-    parser.add_argument("--points", type=int, default=21)
-    args = parser.parse_args()
+    args = parse_args(__doc__, 200, k=False, points=21)
     tb, problems = load(args.problems)
     with Timer() as one:
         single = run_policy(problems, Threshold(0.5), tb.weak, tb.strong, tb.prm)
     single_tokens = sum(r["weak_tokens"] + r["strong_tokens"] for r in single)
+    for model in (tb.weak, tb.strong, tb.prm):
+        model.prefixes = type(model.prefixes)(model.prefixes.max_bytes)  # start the sweep cold, as the run did
     harness = Harness(tb.weak, tb.strong, tb.prm, progress=False)
     with Timer() as sweep:
         table = harness.sweep(problems, threshold_grid(args.points))

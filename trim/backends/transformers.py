@@ -136,6 +136,13 @@ class TransformersGenerator:
         return proposals
 
 
+def prm_text(tokenizer, question: str, steps: Sequence[str], step_tag: str = "<extra_0>", system: str | None = None) -> str:
+    """The PRM's input: every step followed by the step tag, in the assistant turn (Qwen2.5-Math-PRM)."""
+    messages = [{"role": "system", "content": system}] if system else []
+    messages += [{"role": "user", "content": question}, {"role": "assistant", "content": "".join(s + step_tag for s in steps)}]
+    return tokenizer.apply_chat_template(messages, tokenize=False, continue_final_message=True)
+
+
 def _place(result: list, rows: list[int], values: list) -> list:
     for i, value in zip(rows, values):
         result[i] = value
@@ -167,10 +174,7 @@ class StepTagPRM:
         self.prefixes = PrefixCache(prefix_cache_bytes)  # (question, steps) -> ids, per-layer K/V, scores
 
     def text(self, question: str, steps: Sequence[str]) -> str:
-        messages = [{"role": "system", "content": self.system_prompt}] if self.system_prompt else []
-        messages += [{"role": "user", "content": question},
-                     {"role": "assistant", "content": "".join(s + self.step_tag for s in steps)}]
-        return self.tokenizer.apply_chat_template(messages, tokenize=False, continue_final_message=True)
+        return prm_text(self.tokenizer, question, steps, self.step_tag, self.system_prompt)
 
     def score(self, questions: Sequence[str], steps: Sequence[Sequence[str]]) -> list[list[float]]:
         for q, s in zip(questions, steps):

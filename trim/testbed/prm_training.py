@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from transformers import LlamaForTokenClassification, PreTrainedTokenizerFast
 
-from trim.backends.transformers import StepTagPRM, TransformersGenerator
+from trim.backends.transformers import StepTagPRM, TransformersGenerator, prm_text
 from trim.testbed import SAMPLING, task
 from trim.testbed.evaluate import auroc, prm_step_table, sample_solutions
 from trim.testbed.tokenizer import STEP_TAG
@@ -31,19 +31,12 @@ from trim.testbed.train import DEFAULT_DIR, cosine_lr, length_bucketed, llama_co
 
 def prm_example(tokenizer, question: str, steps: list[str], on_track: list[bool]) -> tuple[list[int], list[int]]:
     """Token ids of the PRM input and a label at every step tag (-100 elsewhere)."""
-    text = StepTagPRM.text(_TextOnly(tokenizer), question, steps)
+    text = prm_text(tokenizer, question, steps, STEP_TAG)
     ids = tokenizer(text, add_special_tokens=False).input_ids
     tag = tokenizer.convert_tokens_to_ids(STEP_TAG)
     labels_iter = iter(on_track)
     labels = [int(next(labels_iter)) if i == tag else -100 for i in ids]
     return ids, labels
-
-
-class _TextOnly:
-    """Just enough of a StepTagPRM to render its input text without loading a model."""
-
-    def __init__(self, tokenizer):
-        self.tokenizer, self.step_tag, self.system_prompt = tokenizer, STEP_TAG, None
 
 
 def collate(examples: list[tuple[list[int], list[int]]], pad_id: int) -> dict[str, torch.Tensor]:
