@@ -189,6 +189,10 @@ def main(argv=None) -> None:
     for p in (p_tok, p_lm, p_prm):
         p.add_argument("--seed", type=int, default=0, help="seed for data, initialisation and slips")
         p.add_argument("--out", default=None, help="output directory (default: data/testbed/<name>)")
+    p_prm.add_argument("--init", choices=["weak", "strong", "scratch"], default="weak",
+                       help="start from this language model's backbone (default: weak)")
+    p_prm.add_argument("--target-auroc", type=float, default=0.90,
+                       help="keep the checkpoint whose validation AUROC is nearest this (default 0.90)")
     p_prm.add_argument("--weak-samples", type=int, default=2000, help="weak solutions sampled for PRM data")
     p_prm.add_argument("--strong-samples", type=int, default=700, help="strong solutions sampled for PRM data")
     for p in (p_lm, p_prm):
