@@ -29,6 +29,7 @@ calibrated to the real Qwen2.5 pair (DESIGN.md section 3).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import re
 from typing import Iterator, Sequence
 
@@ -170,13 +171,30 @@ def sample_problem(rng: np.random.Generator, lengths=(2, 10), weights=None, id: 
 
 
 def make_split(name: str, seed: int = 0, size: int | None = None) -> list[ChainProblem]:
-    """The fixed problems of a split; same seed, same problems. `size` takes a prefix of the split."""
+    """The fixed problems of a split; same seed, same problems. `size` takes a prefix of the split.
+
+    Short chains live in a small space (a two-step problem is one of about 8,600), so evaluation splits
+    reject any question already in an earlier split: test is disjoint from train and validation."""
     if name not in SPLITS:
         raise ValueError(f"unknown split {name!r}; choose one of {sorted(SPLITS)}")
     offset, default_size, lengths, weights = SPLITS[name]
     rng = np.random.default_rng([seed, offset])
     n = default_size if size is None else min(size, default_size)
-    return [sample_problem(rng, lengths, weights, id=f"{name}-{i}") for i in range(n)]
+    taken = set(_earlier_questions(name, seed))
+    problems: list[ChainProblem] = []
+    while len(problems) < n:
+        problem = sample_problem(rng, lengths, weights, id=f"{name}-{len(problems)}")
+        if problem.question not in taken:
+            problems.append(problem)
+            if name != "train":  # no repeats inside an evaluation split either
+                taken.add(problem.question)
+    return problems
+
+
+@functools.lru_cache(maxsize=8)
+def _earlier_questions(name: str, seed: int) -> frozenset:
+    earlier = list(SPLITS)[: list(SPLITS).index(name)]
+    return frozenset(p.question for split in earlier for p in make_split(split, seed))
 
 
 def _slip(rng: np.random.Generator, problem: ChainProblem, index: int, value: int, teacher: Teacher) -> tuple[int, int | None]:
