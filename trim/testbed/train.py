@@ -134,7 +134,7 @@ def train_tokenizer(args) -> None:
     tokenizer = build_tokenizer(corpus)
     out = Path(args.out or DEFAULT_DIR / "tokenizer")
     tokenizer.save_pretrained(out)
-    _write_record(out, {"command": " ".join(sys.argv), "seed": args.seed, "corpus_texts": len(corpus),
+    _write_record(out, {"command": " ".join(["python -m trim.testbed.train"] + sys.argv[1:]), "seed": args.seed, "corpus_texts": len(corpus),
                         "vocab_size": len(tokenizer), "wall_time_s": round(time.time() - start, 1)})
     print(f"tokenizer with {len(tokenizer)} tokens -> {out}")
 
