@@ -36,6 +36,10 @@ MODEL_SIZES = {
 }
 TEACHERS = {"weak": task.WEAK_TEACHER, "strong": task.STRONG_TEACHER}
 MAX_POSITIONS = 320
+# The slips in the tokenizer's training corpus: the first weak teacher's, kept so that the shipped
+# tokenizer is reproduced byte for byte (BPE merge order follows corpus counts).
+TOKENIZER_CORPUS_TEACHER = task.Teacher({"double": 0.03, "add": 0.07, "minus": 0.10, "times": 0.15, "cube": 0.20},
+                                        (-1, 1, -2, 2), (-1, 1))
 
 
 def llama_config(role: str, tokenizer: PreTrainedTokenizerFast, **extra) -> LlamaConfig:
@@ -130,7 +134,7 @@ def train_tokenizer(args) -> None:
     rng = np.random.default_rng(args.seed)
     problems = task.make_split("train", seed=args.seed)
     corpus = [p.question for p in problems]
-    corpus += [task.STEP_DELIMITER.join(task.demonstration(p, rng, task.WEAK_TEACHER)[0]) for p in problems]
+    corpus += [task.STEP_DELIMITER.join(task.demonstration(p, rng, TOKENIZER_CORPUS_TEACHER)[0]) for p in problems]
     tokenizer = build_tokenizer(corpus)
     out = Path(args.out or DEFAULT_DIR / "tokenizer")
     tokenizer.save_pretrained(out)
