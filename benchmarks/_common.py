@@ -13,6 +13,12 @@ def load(problems: int, split: str = "test"):
     return tb, tb.splits[split][:problems]
 
 
+def cold(tb) -> None:
+    """Forget every cached key/value prefix, so the next run pays for all it reads."""
+    for model in (tb.weak, tb.strong, tb.prm):
+        model.prefixes = type(model.prefixes)(model.prefixes.max_bytes)
+
+
 def parse_args(doc: str, problems: int, k: bool = True, **extra):
     """The options every benchmark shares: how many test problems, and TRIM-Thr's threshold."""
     import argparse

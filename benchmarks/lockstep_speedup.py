@@ -4,7 +4,7 @@
 """
 
 
-from _common import Timer, load, parse_args
+from _common import Timer, cold, load, parse_args
 from trim.engine import run_policy
 from trim.policies import Threshold
 
@@ -15,6 +15,7 @@ def main():
     policy = Threshold(args.k)
     with Timer() as batched:
         lockstep = run_policy(problems, policy, tb.weak, tb.strong, tb.prm)
+    cold(tb)
     with Timer() as serial:
         one_by_one = [run_policy([p], policy, tb.weak, tb.strong, tb.prm)[0] for p in problems]
     same = sum(a["steps"] == b["steps"] for a, b in zip(lockstep, one_by_one))

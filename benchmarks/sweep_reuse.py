@@ -4,7 +4,7 @@
 """
 
 
-from _common import Timer, load, parse_args
+from _common import Timer, cold, load, parse_args
 from trim.engine import run_policy
 from trim.policies import Threshold
 from trim.sweep import Harness, threshold_grid
@@ -16,8 +16,7 @@ def main():
     with Timer() as one:
         single = run_policy(problems, Threshold(0.5), tb.weak, tb.strong, tb.prm)
     single_tokens = sum(r["weak_tokens"] + r["strong_tokens"] for r in single)
-    for model in (tb.weak, tb.strong, tb.prm):
-        model.prefixes = type(model.prefixes)(model.prefixes.max_bytes)  # start the sweep cold, as the run did
+    cold(tb)  # the sweep starts as cold as the run did
     harness = Harness(tb.weak, tb.strong, tb.prm, progress=False)
     with Timer() as sweep:
         table = harness.sweep(problems, threshold_grid(args.points))
