@@ -21,7 +21,7 @@ def plain_decode(generator, problems, tokens_total: int) -> float:
     per_row = max(1, math.ceil(tokens_total / len(problems)))
     tok = generator.tokenizer
     prompts = [generator.prompt(StepRequest(p.id, p.question)) for p in problems]
-    enc = tok(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
+    enc = tok(prompts, return_tensors="pt", padding=True, add_special_tokens=False, return_token_type_ids=False)
     torch.manual_seed(0)
     with Timer() as t, torch.inference_mode():
         generator.model.generate(**enc, do_sample=True, max_new_tokens=per_row, min_new_tokens=per_row,
