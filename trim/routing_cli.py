@@ -64,11 +64,6 @@ def cmd_run(args) -> int:
 
 
 def cmd_sweep(args) -> int:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     import numpy as np
 
     from trim.metrics import frontier_table
@@ -92,17 +87,8 @@ def cmd_sweep(args) -> int:
     families = {name: list(zip(t["strong_tokens"], t["accuracy"])) for name, t in families.items() if len(t)}
     print()
     _print(frontier_table(families, ends))
-    fig, ax = plt.subplots(figsize=(6, 4))
-    ax.plot(table["strong_tokens"], table["accuracy"], "o-", label="TRIM-Thr (k swept)")
-    ax.plot(rsd["strong_tokens"], rsd["accuracy"], "s", label="RSD (k = 0.7)")
-    if len(random):
-        ax.plot(random["strong_tokens"], random["accuracy"], "x:", label="random regeneration (matched rate)")
-    ax.plot([0, ends.strong_cost], [ends.weak_accuracy, ends.strong_accuracy], "k--", lw=1, label="weak-only to strong-only")
-    ax.set_xlabel("strong tokens per query")
-    ax.set_ylabel("accuracy")
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(out / "sweep.png", dpi=120)
+    curves = {"TRIM-Thr (k swept)": table, "RSD (k = 0.7)": rsd, "random regeneration (matched rate)": random}
+    _plot_curves({name: t for name, t in curves.items() if len(t)}, ends, out / "sweep.png", f"testbed {args.split} split")
     table.to_csv(out / "sweep.csv", index=False)
     print(f"\nplot: {out / 'sweep.png'}   table: {out / 'sweep.csv'}")
     print(f"cache: weak {harness.weak.hits} hits / {harness.weak.misses} misses, strong {harness.strong.hits} / "
