@@ -15,6 +15,15 @@ from typing import Sequence
 from trim.protocols import StepProposal, StepRequest
 
 
+def _first_misses(keys: Sequence[str], store: dict) -> dict[str, int]:
+    """Each uncached key with the position of its first request (duplicates in a batch are asked once)."""
+    first: dict[str, int] = {}
+    for i, key in enumerate(keys):
+        if key not in store:
+            first.setdefault(key, i)
+    return first
+
+
 def _digest(*parts: str) -> str:
     return hashlib.blake2b("\x1f".join(parts).encode(), digest_size=16).hexdigest()
 
@@ -36,10 +45,8 @@ class CachedGenerator:
 
     def propose(self, requests: Sequence[StepRequest]) -> list[StepProposal]:
         keys = [self.key(r) for r in requests]
-        missing = [i for i, k in enumerate(keys) if k not in self.store]
-        # Duplicate requests inside one batch are asked once.
-        unique = list(dict.fromkeys(keys[i] for i in missing))
-        first = {k: next(i for i in missing if keys[i] == k) for k in unique}
+        first = _first_misses(keys, self.store)
+        unique = list(first)
         for key, proposal in zip(unique, self.generator.propose([requests[first[k]] for k in unique])):
             self.store[key] = proposal
             self.decoded_tokens += proposal.tokens
@@ -59,8 +66,8 @@ class CachedPRM:
 
     def score(self, questions: Sequence[str], steps: Sequence[Sequence[str]]) -> list[list[float]]:
         keys = [_digest(self.name, q, *s) for q, s in zip(questions, steps)]
-        todo = list(dict.fromkeys(k for k in keys if k not in self.store))
-        where = {k: keys.index(k) for k in todo}
+        where = _first_misses(keys, self.store)
+        todo = list(where)
         for key, scores in zip(todo, self.prm.score([questions[where[k]] for k in todo], [steps[where[k]] for k in todo])):
             self.store[key] = scores
         self.misses += len(todo)

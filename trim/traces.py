@@ -23,14 +23,16 @@ class TraceWriter:
         self.path, self.settings = Path(path), settings
         self.done: dict[str, dict] = {}
         if self.path.exists():
-            for number, line in enumerate(self.path.read_text().splitlines(), 1):
+            text = self.path.read_text()
+            lines = text.splitlines()
+            for number, line in enumerate(lines, 1):
                 if not line.strip():
                     continue
                 try:
                     record = json.loads(line)
                 except json.JSONDecodeError:
                     # A crash can leave a half-written last line; anything earlier is corruption.
-                    if number == len(self.path.read_text().splitlines()):
+                    if number == len(lines):
                         break
                     raise ValueError(f"{self.path}:{number} is not valid JSON; delete or repair the file")
                 if record["settings"] != settings:
@@ -38,13 +40,9 @@ class TraceWriter:
                         f"{self.path} holds traces written with other settings ({record['settings']}); "
                         "write to a new path or delete the file to start over")
                 self.done[record["problem_id"]] = record
-            self._truncate_partial_line()
+            if text and not text.endswith("\n"):  # drop the partial last line before appending
+                self.path.write_text(text[: text.rfind("\n") + 1])
         self.path.parent.mkdir(parents=True, exist_ok=True)
-
-    def _truncate_partial_line(self) -> None:
-        text = self.path.read_text()
-        if text and not text.endswith("\n"):
-            self.path.write_text(text[: text.rfind("\n") + 1])
 
     def write(self, record: dict) -> None:
         record = {**record, "settings": self.settings}
