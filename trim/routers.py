@@ -166,13 +166,21 @@ class _Embeddings:
 
 
 _EMBEDDINGS: _Embeddings | None = None
+_EMBEDDED: dict[tuple[str, ...], torch.Tensor] = {}
 
 
 def embed(texts: Sequence[str]) -> torch.Tensor:
+    """Frozen embeddings of `texts`; the routers of one comparison embed the same splits, so the
+    last few are kept (the encoder is frozen: a stored result is exact)."""
     global _EMBEDDINGS
-    if _EMBEDDINGS is None:
-        _EMBEDDINGS = _Embeddings()
-    return _EMBEDDINGS(texts)
+    key = tuple(texts)
+    if key not in _EMBEDDED:
+        if _EMBEDDINGS is None:
+            _EMBEDDINGS = _Embeddings()
+        if len(_EMBEDDED) >= 8:
+            _EMBEDDED.pop(next(iter(_EMBEDDED)))
+        _EMBEDDED[key] = _EMBEDDINGS(texts)
+    return _EMBEDDED[key]
 
 
 class BertRouter(QueryRouter):
@@ -187,8 +195,16 @@ class BertRouter(QueryRouter):
     def _load(self, source):
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
+        from transformers.utils import logging
+
         self.tokenizer = AutoTokenizer.from_pretrained(encoder_dir())
-        self.model = AutoModelForSequenceClassification.from_pretrained(source, num_labels=2)
+        # The classification head is new by design (fit() trains it); silence transformers' notice.
+        verbosity = logging.get_verbosity()
+        logging.set_verbosity_error()
+        try:
+            self.model = AutoModelForSequenceClassification.from_pretrained(source, num_labels=2)
+        finally:
+            logging.set_verbosity(verbosity)
 
     def fit(self, train: Outcomes, validation: Outcomes | None = None) -> "BertRouter":
         torch.manual_seed(self.seed)

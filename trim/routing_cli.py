@@ -120,20 +120,9 @@ def _plot_curves(curves: dict, ends, path: Path, title: str) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from trim.plots import accuracy_cost
 
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    for name, table in curves.items():
-        ordered = table.sort_values("strong_tokens")
-        ax.plot(ordered["strong_tokens"], ordered["accuracy"], "-" if len(ordered) > 3 else "o", label=name,
-                lw=2.2 if name.startswith(("TRIM", "RSD")) else 1.2)
-    ax.plot([0, ends.strong_cost], [ends.weak_accuracy, ends.strong_accuracy], "k--", lw=1, label="weak-only to strong-only")
-    ax.set_xlabel("strong tokens per query")
-    ax.set_ylabel("accuracy")
-    ax.set_title(title)
-    ax.legend(fontsize=7, loc="lower right")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    accuracy_cost(curves, ends, title=title).figure.savefig(path, dpi=120)
 
 
 def cmd_baselines(args) -> int:

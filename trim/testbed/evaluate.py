@@ -132,3 +132,60 @@ def processbench_f1(table: pd.DataFrame, threshold: float = 0.5) -> dict[str, fl
     acc_ok = float((predicted[ok] == -1).mean()) if ok.any() else 0.0
     f1 = 2 * acc_err * acc_ok / (acc_err + acc_ok) if acc_err + acc_ok else 0.0
     return {"error_acc": acc_err, "correct_acc": acc_ok, "f1": f1}
+
+
+def solutions_frame(samples: Sequence[Sample]) -> pd.DataFrame:
+    """One row per solution: its length, where it first goes wrong (1-based, NaN if never), the type
+    of that step, how many steps are wrong, and whether the final answer is right."""
+    rows = []
+    for s in samples:
+        wrong = [i for i, ok in enumerate(s.step_correct) if not ok]
+        first = wrong[0] if wrong else None
+        rows.append({"problem_id": s.problem.id, "operations": len(s.problem.operations), "steps": len(s.steps),
+                     "first_error": first + 1 if wrong else np.nan,
+                     "first_error_type": (s.problem.step_types[first] if first < len(s.problem.operations) else "extra")
+                     if wrong else None,
+                     "wrong_steps": len(wrong), "answer_correct": s.answer_correct, "tokens": sum(s.tokens)})
+    return pd.DataFrame(rows)
+
+
+def label_steps(records: Sequence[dict], problems: Sequence[task.ChainProblem]) -> pd.DataFrame:
+    """Engine traces (`trim.engine.run_policy`) with exact labels: one row per accepted step.
+
+    `weak_correct` judges the weak model's candidate for that position (the step kept, or the one the
+    policy threw away), `correct` the step that was kept; both given the accepted prefix."""
+    by_id = {p.id: p for p in problems}
+    rows = []
+    for r in records:
+        problem, accepted = by_id[r["problem_id"]], []
+        for i, step in enumerate(r["steps"]):
+            candidate = step["weak_candidate"] if step["decision"] == "regenerate" else step["text"]
+            rows.append({"problem_id": r["problem_id"], "policy": r["policy"], "step": i + 1,
+                         "step_type": problem.step_types[i] if i < len(problem.operations) else "extra",
+                         "score": step["score"], "model": step["model"], "regenerated": step["model"] == "strong",
+                         "weak_correct": task.check_step(problem, accepted, candidate) if step["score"] is not None else None,
+                         "correct": task.check_step(problem, accepted, step["text"]),
+                         "strong_tokens": step["tokens"] if step["model"] == "strong" else 0,
+                         "answer_correct": r["correct"]})
+            accepted.append(step["text"])
+    return pd.DataFrame(rows)
+
+
+def roc_points(scores: np.ndarray, labels: np.ndarray) -> pd.DataFrame:
+    """False and true positive rates of "flag as wrong" = score below t, for every threshold t.
+
+    Positives are the wrong steps, because that is what a router looks for."""
+    scores, wrong = np.asarray(scores, dtype=float), ~np.asarray(labels).astype(bool)
+    thresholds = np.concatenate([[-np.inf], np.unique(scores), [np.inf]])
+    flagged = scores[None, :] < thresholds[:, None]
+    return pd.DataFrame({"threshold": thresholds, "fpr": (flagged & ~wrong).sum(1) / max((~wrong).sum(), 1),
+                         "tpr": (flagged & wrong).sum(1) / max(wrong.sum(), 1)})
+
+
+def reliability(scores: np.ndarray, labels: np.ndarray, bins: int = 10) -> pd.DataFrame:
+    """Mean score against the observed share of correct steps, per score bin (a reliability diagram)."""
+    edges = np.linspace(0, 1, bins + 1)
+    which = np.clip(np.digitize(scores, edges[1:-1]), 0, bins - 1)
+    frame = pd.DataFrame({"bin": which, "score": scores, "correct": np.asarray(labels, dtype=float)})
+    return frame.groupby("bin").agg(mean_score=("score", "mean"), correct_share=("correct", "mean"),
+                                    steps=("score", "size"))

@@ -1,0 +1,62 @@
+"""The book's recurring figures: accuracy against strong tokens, and a PRM's quality at a glance."""
+
+from __future__ import annotations
+
+from typing import Mapping
+
+import numpy as np
+import pandas as pd
+
+from trim.metrics import Endpoints
+
+
+def accuracy_cost(curves: Mapping[str, pd.DataFrame], ends: Endpoints, ax=None, title: str | None = None,
+                  highlight: tuple[str, ...] = ("TRIM", "RSD")):
+    """Accuracy against strong tokens per query, one line per policy family, with both endpoints.
+
+    Each table needs columns `strong_tokens` and `accuracy`; families whose names start with one of
+    `highlight` are drawn bold. The dashed line is the cost-blind mix of weak-only and strong-only."""
+    import matplotlib.pyplot as plt
+
+    if ax is None:
+        _, ax = plt.subplots(figsize=(7, 4.5))
+    for name, table in curves.items():
+        ordered = table.sort_values("strong_tokens")
+        ax.plot(ordered["strong_tokens"], ordered["accuracy"], "-" if len(ordered) > 3 else "o", label=name,
+                lw=2.4 if name.startswith(highlight) else 1.2)
+    ax.plot([0, ends.strong_cost], [ends.weak_accuracy, ends.strong_accuracy], "k--", lw=1, label="weak-only to strong-only")
+    ax.plot([0, ends.strong_cost], [ends.weak_accuracy, ends.strong_accuracy], "ks", ms=5)
+    ax.set_xlabel("strong tokens per query")
+    ax.set_ylabel("accuracy")
+    if title:
+        ax.set_title(title)
+    ax.legend(fontsize=8, loc="lower right")
+    ax.figure.tight_layout()
+    return ax
+
+
+def prm_quality(steps: pd.DataFrame, label: str = "on_track"):
+    """Three panels for a table of PRM scores (`score`) and exact labels (`label`): the ROC of flagging
+    wrong steps, a reliability diagram, and the score histograms of right and wrong steps."""
+    import matplotlib.pyplot as plt
+
+    from trim.testbed.evaluate import auroc, reliability, roc_points
+
+    scores, labels = steps["score"].to_numpy(float), steps[label].to_numpy(bool)
+    fig, (roc_ax, rel_ax, hist_ax) = plt.subplots(1, 3, figsize=(12, 3.8))
+    roc = roc_points(scores, labels)
+    roc_ax.plot(roc["fpr"], roc["tpr"], lw=2)
+    roc_ax.plot([0, 1], [0, 1], "k:", lw=1)
+    roc_ax.set(xlabel="right steps flagged (FPR)", ylabel="wrong steps flagged (TPR)",
+               title=f"ROC, AUROC {auroc(scores, labels):.3f}")
+    rel = reliability(scores, labels)
+    rel_ax.plot([0, 1], [0, 1], "k:", lw=1)
+    rel_ax.plot(rel["mean_score"], rel["correct_share"], "o-")
+    rel_ax.set(xlabel="mean PRM score in bin", ylabel="share of steps on track", title="calibration", xlim=(0, 1), ylim=(0, 1))
+    bins = np.linspace(0, 1, 21)
+    hist_ax.hist(scores[labels], bins=bins, alpha=0.6, label="on track")
+    hist_ax.hist(scores[~labels], bins=bins, alpha=0.6, label="gone wrong")
+    hist_ax.set(xlabel="PRM score", ylabel="steps", title="score histograms", yscale="log")
+    hist_ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
