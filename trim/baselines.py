@@ -69,5 +69,4 @@ def compare(harness, train: Sequence, validation: Sequence, test: Sequence, step
     for router in routers or default_routers():
         router.fit(data["train"], data["validation"])
         curves[router.name] = router.curve(data["test"])
-    families = {name: list(zip(t["strong_tokens"], t["accuracy"])) for name, t in {**step_families, **curves}.items()}
-    return frontier_table(families, ends), curves
+    return frontier_table({**step_families, **curves}, ends), curves

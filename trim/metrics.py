@@ -118,10 +118,17 @@ def apgr(points, ends: Endpoints, grid: int = 1001) -> float:
     return float(np.trapezoid(gains, x))
 
 
-def frontier_table(families: dict[str, Sequence[tuple[float, float]]], ends: Endpoints) -> pd.DataFrame:
-    """One row per policy family: CPT(50/80/95) in % of C_s, mean dIBC and APGR."""
+def frontier_table(families: dict[str, Sequence[tuple[float, float]] | pd.DataFrame], ends: Endpoints) -> pd.DataFrame:
+    """One row per policy family: CPT(50/80/95) in % of C_s, mean dIBC and APGR.
+
+    A family is a list of (strong tokens per query, accuracy) points, or a sweep table with those
+    columns (`strong_tokens`, `accuracy`); empty families are left out."""
     rows = []
     for name, points in families.items():
+        if isinstance(points, pd.DataFrame):
+            points = list(zip(points["strong_tokens"], points["accuracy"])) if len(points) else []
+        if not len(points):
+            continue
         rows.append({"policy": name, "CPT(50%)": cpt(points, ends, 50), "CPT(80%)": cpt(points, ends, 80),
                      "CPT(95%)": cpt(points, ends, 95), "dIBC": mean_delta_ibc(points, ends), "APGR": apgr(points, ends)})
     return pd.DataFrame(rows).set_index("policy")

@@ -64,29 +64,22 @@ def cmd_run(args) -> int:
 
 
 def cmd_sweep(args) -> int:
-    import numpy as np
-
     from trim.metrics import frontier_table
-    from trim.policies import RSD, RandomRegeneration
-    from trim.sweep import threshold_grid
+    from trim.policies import RSD
+    from trim.sweep import random_matched, threshold_grid
 
     out = Path(args.out or f"runs/{args.split}")
     harness, problems = _harness(args, out)
     ends, weak, strong = harness.endpoints(problems)
     table = harness.sweep(problems, threshold_grid(args.points))
     rsd = harness.sweep(problems, [RSD()])
-    # The control: regenerate the same share of steps at random, ignoring the PRM.
-    inner = table[(table["regenerated_share"] > 0) & (table["regenerated_share"] < 1)]
-    picks = inner.iloc[np.linspace(0, len(inner) - 1, min(args.random_matched, len(inner))).round().astype(int)] if len(inner) else inner
-    random = harness.sweep(problems, [RandomRegeneration(r, seed=args.seed) for r in picks["regenerated_share"]])
+    random = random_matched(harness, problems, table, runs=args.random_matched, seed=args.seed)
     table["PGR"] = (table["accuracy"] - ends.weak_accuracy) / (ends.strong_accuracy - ends.weak_accuracy)
     _print(table[["policy", "k", "accuracy", "strong_tokens", "weak_tokens", "discarded_tokens", "regenerated_share", "PGR"]])
     print()
     _print(pd.concat([rsd, random])[["policy", "accuracy", "strong_tokens", "regenerated_share"]])
-    families = {"TRIM-Thr": table, "RSD (k=0.7)": rsd, "random (matched rate)": random}
-    families = {name: list(zip(t["strong_tokens"], t["accuracy"])) for name, t in families.items() if len(t)}
     print()
-    _print(frontier_table(families, ends))
+    _print(frontier_table({"TRIM-Thr": table, "RSD (k=0.7)": rsd, "random (matched rate)": random}, ends))
     curves = {"TRIM-Thr (k swept)": table, "RSD (k = 0.7)": rsd, "random regeneration (matched rate)": random}
     _plot_curves({name: t for name, t in curves.items() if len(t)}, ends, out / "sweep.png", f"testbed {args.split} split")
     table.to_csv(out / "sweep.csv", index=False)

@@ -14,7 +14,7 @@ import pandas as pd
 from trim.cache import CachedGenerator, CachedPRM
 from trim.engine import RunSettings, run_policy
 from trim.metrics import Endpoints, summarize
-from trim.policies import Policy, StrongOnly, Threshold, WeakOnly
+from trim.policies import Policy, RandomRegeneration, StrongOnly, Threshold, WeakOnly
 
 
 class Harness:
@@ -48,6 +48,19 @@ class Harness:
 
 def threshold_grid(points: int = 21) -> list[Threshold]:
     return [Threshold(float(k)) for k in np.linspace(0.0, 1.0, points)]
+
+
+def random_matched(harness: Harness, problems: Sequence, sweep: pd.DataFrame, runs: int = 5, seed: int = 0) -> pd.DataFrame:
+    """The control for a sweep: regenerate the same shares of steps as `sweep`'s points, at random.
+
+    It spends strong tokens like the swept policy but ignores the PRM, so the gap between the two
+    curves is what the PRM's targeting buys. `runs` rates are picked evenly among the sweep's points
+    strictly between weak-only and strong-only."""
+    inner = sweep[(sweep["regenerated_share"] > 0) & (sweep["regenerated_share"] < 1)]
+    if inner.empty or runs < 1:
+        return pd.DataFrame()
+    picks = inner.iloc[np.linspace(0, len(inner) - 1, min(runs, len(inner))).round().astype(int)]
+    return harness.sweep(problems, [RandomRegeneration(rate, seed=seed) for rate in picks["regenerated_share"]])
 
 
 def calibrate_threshold(harness: Harness, problems: Sequence, target_share: float, points: int = 21) -> dict:
