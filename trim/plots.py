@@ -43,7 +43,10 @@ def prm_quality(steps: pd.DataFrame, label: str = "on_track"):
     from trim.testbed.evaluate import auroc, reliability, roc_points
 
     scores, labels = steps["score"].to_numpy(float), steps[label].to_numpy(bool)
-    fig, (roc_ax, rel_ax, hist_ax) = plt.subplots(1, 3, figsize=(12, 3.8))
+    # Two rows, so that the figure stays legible in a book's text column.
+    fig = plt.figure(figsize=(8.5, 6.6))
+    grid = fig.add_gridspec(2, 2)
+    roc_ax, rel_ax, hist_ax = fig.add_subplot(grid[0, 0]), fig.add_subplot(grid[0, 1]), fig.add_subplot(grid[1, :])
     roc = roc_points(scores, labels)
     roc_ax.plot(roc["fpr"], roc["tpr"], lw=2)
     roc_ax.plot([0, 1], [0, 1], "k:", lw=1)
