@@ -11,8 +11,6 @@ import pandas as pd
 
 from trim.metrics import Endpoints
 
-SOURCE = "paper (Kapoor et al., ICLR 2026)"
-
 # Next-step accuracy given a correct prefix, measured by the official release.
 STEP_ACCURACY = {"Qwen2.5-1.5B-Instruct": 0.866, "Qwen2.5-7B-Instruct": 0.9704, "Qwen3-8B": 0.992}
 
@@ -21,14 +19,8 @@ MATH500 = pd.DataFrame(
     {"CPT(95%)": [17.98, 17.21, float("nan"), 53.96], "dIBC": [5.86, 5.67, 4.75, 0.95]},
     index=pd.Index(["TRIM-POMDP", "TRIM-Agg", "TRIM-Thr", "AutoMix-PRM (best query-level)"], name="policy"))
 
-# AIME, main setting.
-AIME = pd.DataFrame(
-    {"CPT(95%)": [28.17, 38.01, 82.34], "dIBC": [5.00, float("nan"), 0.79]},
-    index=pd.Index(["TRIM-POMDP", "TRIM-Agg", "SW ranking (best query-level)"], name="policy"))
-
 # Official release on MATH-500 (Qwen2.5-1.5B -> 7B): endpoints and TRIM-Thr points, accuracy and
 # strong tokens per query.
 RELEASE_ENDS = Endpoints(weak_accuracy=0.364, strong_accuracy=0.730, strong_cost=494.8)
-RELEASE_WEAK_TOKENS = 401.0
 RELEASE_THR = pd.DataFrame({"k": [0.05, 0.5, 0.9], "accuracy": [0.508, 0.674, 0.714],
                             "strong_tokens": [70.7, 163.8, 219.1]})
