@@ -15,12 +15,15 @@ def accuracy_cost(curves: Mapping[str, pd.DataFrame], ends: Endpoints, ax=None, 
     """Accuracy against strong tokens per query, one line per policy family, with both endpoints.
 
     Each table needs columns `strong_tokens` and `accuracy`; families whose names start with one of
-    `highlight` are drawn bold. The dashed line is the cost-blind mix of weak-only and strong-only."""
+    `highlight` are drawn bold; empty tables are left out. The dashed line is the cost-blind mix of
+    weak-only and strong-only."""
     import matplotlib.pyplot as plt
 
     if ax is None:
         _, ax = plt.subplots(figsize=(7, 4.5))
     for name, table in curves.items():
+        if table.empty:
+            continue
         ordered = table.sort_values("strong_tokens")
         ax.plot(ordered["strong_tokens"], ordered["accuracy"], "-" if len(ordered) > 3 else "o", label=name,
                 lw=2.4 if name.startswith(highlight) else 1.2)

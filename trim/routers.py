@@ -194,7 +194,6 @@ class BertRouter(QueryRouter):
 
     def _load(self, source):
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
-
         from transformers.utils import logging
 
         self.tokenizer = AutoTokenizer.from_pretrained(encoder_dir())

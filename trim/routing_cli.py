@@ -64,7 +64,7 @@ def cmd_run(args) -> int:
 
 
 def cmd_sweep(args) -> int:
-    from trim.metrics import frontier_table
+    from trim.metrics import frontier_table, pgr
     from trim.policies import RSD
     from trim.sweep import random_matched, threshold_grid
 
@@ -74,14 +74,14 @@ def cmd_sweep(args) -> int:
     table = harness.sweep(problems, threshold_grid(args.points))
     rsd = harness.sweep(problems, [RSD()])
     random = random_matched(harness, problems, table, runs=args.random_matched, seed=args.seed)
-    table["PGR"] = (table["accuracy"] - ends.weak_accuracy) / (ends.strong_accuracy - ends.weak_accuracy)
+    table["PGR"] = [pgr(a, ends) for a in table["accuracy"]]
     _print(table[["policy", "k", "accuracy", "strong_tokens", "weak_tokens", "discarded_tokens", "regenerated_share", "PGR"]])
     print()
     _print(pd.concat([rsd, random])[["policy", "accuracy", "strong_tokens", "regenerated_share"]])
     print()
     _print(frontier_table({"TRIM-Thr": table, "RSD (k=0.7)": rsd, "random (matched rate)": random}, ends))
     curves = {"TRIM-Thr (k swept)": table, "RSD (k = 0.7)": rsd, "random regeneration (matched rate)": random}
-    _plot_curves({name: t for name, t in curves.items() if len(t)}, ends, out / "sweep.png", f"testbed {args.split} split")
+    _plot_curves(curves, ends, out / "sweep.png", f"testbed {args.split} split")
     table.to_csv(out / "sweep.csv", index=False)
     print(f"\nplot: {out / 'sweep.png'}   table: {out / 'sweep.csv'}")
     print(f"cache: weak {harness.weak.hits} hits / {harness.weak.misses} misses, strong {harness.strong.hits} / "

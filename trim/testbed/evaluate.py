@@ -89,9 +89,8 @@ def prm_step_table(prm, samples: Sequence[Sample]) -> pd.DataFrame:
     for s, sc in zip(samples, scores):
         first_error = next((i for i, ok in enumerate(s.step_correct) if not ok), -1)
         for i, (r, ok, track) in enumerate(zip(sc, s.step_correct, s.on_track)):
-            rows.append({"problem_id": s.problem.id, "step": i + 1, "step_type": s.problem.step_types[i]
-                         if i < len(s.problem.operations) else "extra", "score": r, "correct": ok,
-                         "on_track": track, "first_error": first_error})
+            rows.append({"problem_id": s.problem.id, "step": i + 1, "step_type": s.problem.step_type(i),
+                         "score": r, "correct": ok, "on_track": track, "first_error": first_error})
     return pd.DataFrame(rows)
 
 
@@ -108,14 +107,10 @@ def auroc(scores: np.ndarray, labels: np.ndarray) -> float:
 
 
 def expected_calibration_error(scores: np.ndarray, labels: np.ndarray, bins: int = 10) -> float:
-    edges = np.linspace(0, 1, bins + 1)
-    which = np.clip(np.digitize(scores, edges[1:-1]), 0, bins - 1)
-    ece = 0.0
-    for b in range(bins):
-        sel = which == b
-        if sel.any():
-            ece += sel.mean() * abs(scores[sel].mean() - labels[sel].mean())
-    return float(ece)
+    """Gap between mean score and share correct, averaged over the reliability diagram's bins by size."""
+    table = reliability(scores, labels, bins)
+    gaps = (table["mean_score"] - table["correct_share"]).abs()
+    return float((gaps * table["steps"]).sum() / table["steps"].sum())
 
 
 def processbench_f1(table: pd.DataFrame, threshold: float = 0.5) -> dict[str, float]:
@@ -140,11 +135,9 @@ def solutions_frame(samples: Sequence[Sample]) -> pd.DataFrame:
     rows = []
     for s in samples:
         wrong = [i for i, ok in enumerate(s.step_correct) if not ok]
-        first = wrong[0] if wrong else None
         rows.append({"problem_id": s.problem.id, "operations": len(s.problem.operations), "steps": len(s.steps),
-                     "first_error": first + 1 if wrong else np.nan,
-                     "first_error_type": (s.problem.step_types[first] if first < len(s.problem.operations) else "extra")
-                     if wrong else None,
+                     "first_error": wrong[0] + 1 if wrong else np.nan,
+                     "first_error_type": s.problem.step_type(wrong[0]) if wrong else None,
                      "wrong_steps": len(wrong), "answer_correct": s.answer_correct, "tokens": sum(s.tokens)})
     return pd.DataFrame(rows)
 
@@ -159,12 +152,15 @@ def label_steps(records: Sequence[dict], problems: Sequence[task.ChainProblem]) 
     for r in records:
         problem, accepted = by_id[r["problem_id"]], []
         for i, step in enumerate(r["steps"]):
-            candidate = step["weak_candidate"] if step["decision"] == "regenerate" else step["text"]
+            correct = task.check_step(problem, accepted, step["text"])
+            weak_correct = None  # strong-only runs have no weak candidate
+            if step["score"] is not None:
+                weak_correct = (task.check_step(problem, accepted, step["weak_candidate"])
+                                if step["decision"] == "regenerate" else correct)
             rows.append({"problem_id": r["problem_id"], "policy": r["policy"], "step": i + 1,
-                         "step_type": problem.step_types[i] if i < len(problem.operations) else "extra",
+                         "step_type": problem.step_type(i),
                          "score": step["score"], "model": step["model"], "regenerated": step["model"] == "strong",
-                         "weak_correct": task.check_step(problem, accepted, candidate) if step["score"] is not None else None,
-                         "correct": task.check_step(problem, accepted, step["text"]),
+                         "weak_correct": weak_correct, "correct": correct,
                          "strong_tokens": step["tokens"] if step["model"] == "strong" else 0,
                          "answer_correct": r["correct"]})
             accepted.append(step["text"])

@@ -6,6 +6,8 @@ tokens targeted routing needs when the targeting itself is perfect."""
 
 from __future__ import annotations
 
+import itertools
+import operator
 from typing import Sequence
 
 from trim.testbed import task
@@ -25,9 +27,6 @@ class OraclePRM:
             if problem is None:
                 raise KeyError(f"the oracle PRM was not given this problem: {question[:60]!r}; "
                                "pass every problem you route to OraclePRM(problems)")
-            on_track, scores = True, []
-            for i, step in enumerate(prefix):
-                on_track = on_track and task.check_step(problem, prefix[:i], step)
-                scores.append(1.0 if on_track else 0.0)
-            out.append(scores)
+            on_track = itertools.accumulate(task.step_labels(problem, prefix), operator.and_)
+            out.append([1.0 if ok else 0.0 for ok in on_track])
         return out

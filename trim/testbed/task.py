@@ -134,6 +134,11 @@ class ChainProblem:
     def step_types(self) -> list[str]:
         return [op.kind for op in self.operations]
 
+    def step_type(self, index: int) -> str:
+        """The type of step `index` (0-based); "extra" past the last operation, as a model can write
+        more steps than the chain has."""
+        return self.operations[index].kind if index < len(self.operations) else "extra"
+
     def gold_steps(self) -> list[str]:
         values = self.values
         return [
