@@ -5,6 +5,7 @@
 
 
 from _common import Timer, cold, load, parse_args
+
 from trim.engine import run_policy
 from trim.policies import Threshold
 
@@ -21,7 +22,8 @@ def main():
     # Same texts and routing decisions (PRM scores agree to ~1e-7, float noise of the padding).
     route = lambda r: [(s["text"], s["model"]) for s in r["steps"]]  # noqa: E731
     same = sum(route(a) == route(b) for a, b in zip(lockstep, one_by_one))
-    print(f"{len(problems)} problems, TRIM-Thr(k={args.k}): lockstep {batched.seconds:.1f} s, one at a time {serial.seconds:.1f} s")
+    print(f"{len(problems)} problems, TRIM-Thr(k={args.k}): lockstep {batched.seconds:.1f} s, "
+          f"one at a time {serial.seconds:.1f} s")
     print(f"identical traces: {same}/{len(problems)} (seeds are per prefix, so batching does not change results)")
     print(f"lockstep speed-up: {serial.seconds / batched.seconds:.1f}x (target >= 5x)")
 

@@ -9,8 +9,8 @@ tokens as the TRIM run decoded, with no step boundaries, PRM or policy. Target: 
 import math
 
 import torch
-
 from _common import Timer, load, parse_args
+
 from trim.engine import run_policy
 from trim.policies import Threshold
 from trim.protocols import StepRequest
@@ -39,7 +39,8 @@ def main():
     weak_s = plain_decode(tb.weak, problems, weak_tokens)
     strong_s = plain_decode(tb.strong, problems, strong_tokens)
     ratio = trim_time.seconds / (weak_s + strong_s)
-    print(f"TRIM-Thr(k={args.k}) on {len(problems)} problems: {trim_time.seconds:.1f} s for {weak_tokens} weak + {strong_tokens} strong tokens")
+    print(f"TRIM-Thr(k={args.k}) on {len(problems)} problems: {trim_time.seconds:.1f} s "
+          f"for {weak_tokens} weak + {strong_tokens} strong tokens")
     print(f"plain batched decoding of the same counts: weak {weak_s:.1f} s + strong {strong_s:.1f} s")
     print(f"routing overhead ratio: {ratio:.2f} (target <= 1.3)")
 

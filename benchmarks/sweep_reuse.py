@@ -5,9 +5,11 @@
 
 
 from _common import Timer, cold, load, parse_args
+
 from trim.engine import run_policy
+from trim.experiment import Harness
 from trim.policies import Threshold
-from trim.sweep import Harness, threshold_grid
+from trim.sweep import threshold_grid
 
 
 def main():
@@ -25,10 +27,9 @@ def main():
     print(f"one TRIM-Thr run: {one.seconds:.1f} s, {single_tokens} tokens decoded")
     print(f"{args.points}-point sweep with shared caches: {sweep.seconds:.1f} s, {decoded} tokens decoded "
           f"(without the cache: {uncached:.0f} tokens)")
-    print(f"sweep cost / one run: {sweep.seconds / one.seconds:.2f}x wall time, {decoded / single_tokens:.2f}x decoded tokens "
-          f"(vs {args.points}x without reuse; cache hit rates: weak {harness.weak.hits / (harness.weak.hits + harness.weak.misses):.0%}, "
-          f"strong {harness.strong.hits / max(1, harness.strong.hits + harness.strong.misses):.0%}, "
-          f"PRM {harness.prm.hits / (harness.prm.hits + harness.prm.misses):.0%})")
+    print(f"sweep cost / one run: {sweep.seconds / one.seconds:.2f}x wall time, "
+          f"{decoded / single_tokens:.2f}x decoded tokens (vs {args.points}x without reuse)")
+    print(harness.cache_report())
 
 
 if __name__ == "__main__":

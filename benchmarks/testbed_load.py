@@ -11,4 +11,5 @@ from trim import testbed  # noqa: E402
 tb = testbed.load()
 loaded = time.perf_counter() - start
 test = tb.splits["test"]
-print(f"testbed.load(): {loaded:.2f} s (imports included; target <= 5 s); first use of the test split +{time.perf_counter() - start - loaded:.2f} s")
+print(f"testbed.load(): {loaded:.2f} s (imports included; target <= 5 s); "
+      f"first use of the test split +{time.perf_counter() - start - loaded:.2f} s")

@@ -8,10 +8,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from trim import metrics, paper, plots, testbed
+from trim import metrics, paper, plots, prm_quality, testbed
 from trim.engine import run_policy
+from trim.experiment import Harness
 from trim.policies import Threshold
-from trim.sweep import Harness, random_matched, threshold_grid
+from trim.sweep import random_matched, threshold_grid
 from trim.testbed import evaluate, task
 from trim.testbed.oracle import OraclePRM
 
@@ -59,7 +60,8 @@ def test_oracle_routing_keeps_only_correct_weak_steps(tb, problems):
     # A regenerated step had a wrong weak candidate, or followed a wrong strong step (off track).
     assert steps["regenerated"].any()
     assert (steps["strong_tokens"] > 0).sum() <= steps["regenerated"].sum()
-    assert steps.groupby("problem_id")["strong_tokens"].sum().to_dict() == {r["problem_id"]: r["strong_tokens"] for r in records}
+    per_problem = steps.groupby("problem_id")["strong_tokens"].sum().to_dict()
+    assert per_problem == {r["problem_id"]: r["strong_tokens"] for r in records}
 
 
 def test_solutions_frame_finds_first_error(problems):
@@ -77,21 +79,24 @@ def test_solutions_frame_finds_first_error(problems):
 def test_roc_points_and_reliability():
     scores = np.array([0.1, 0.2, 0.8, 0.9])
     labels = np.array([False, False, True, True])
-    roc = evaluate.roc_points(scores, labels)
+    roc = prm_quality.roc_points(scores, labels)
     assert (roc["fpr"].iloc[0], roc["tpr"].iloc[0]) == (0.0, 0.0)
     assert (roc["fpr"].iloc[-1], roc["tpr"].iloc[-1]) == (1.0, 1.0)
-    assert np.trapezoid(roc["tpr"], roc["fpr"]) == pytest.approx(evaluate.auroc(scores, labels)) == pytest.approx(1.0)
+    area = np.trapezoid(roc["tpr"], roc["fpr"])
+    assert area == pytest.approx(prm_quality.auroc(scores, labels)) == pytest.approx(1.0)
     noisy = np.array([0.9, 0.2, 0.8, 0.1])
-    roc = evaluate.roc_points(noisy, labels)
-    assert np.trapezoid(roc["tpr"], roc["fpr"]) == pytest.approx(evaluate.auroc(noisy, labels)) == pytest.approx(0.25)
-    rel = evaluate.reliability(scores, labels, bins=2)
+    roc = prm_quality.roc_points(noisy, labels)
+    area = np.trapezoid(roc["tpr"], roc["fpr"])
+    assert area == pytest.approx(prm_quality.auroc(noisy, labels)) == pytest.approx(0.25)
+    rel = prm_quality.reliability(scores, labels, bins=2)
     assert rel["steps"].sum() == 4 and rel["correct_share"].tolist() == [0.0, 1.0]
 
 
 def test_frontier_table_takes_sweep_tables_and_skips_empty_ones():
     ends = metrics.Endpoints(0.4, 0.8, 100.0)
     table = pd.DataFrame({"strong_tokens": [10.0, 30.0], "accuracy": [0.55, 0.70]})
-    out = metrics.frontier_table({"table": table, "points": [(10.0, 0.55), (30.0, 0.70)], "empty": pd.DataFrame()}, ends)
+    families = {"table": table, "points": [(10.0, 0.55), (30.0, 0.70)], "empty": pd.DataFrame()}
+    out = metrics.frontier_table(families, ends)
     assert list(out.index) == ["table", "points"]
     assert out.loc["table"].equals(out.loc["points"].rename("table"))
 
@@ -99,7 +104,8 @@ def test_frontier_table_takes_sweep_tables_and_skips_empty_ones():
 def test_paper_numbers_are_consistent_with_the_metrics():
     release = list(zip(paper.RELEASE_THR["strong_tokens"], paper.RELEASE_THR["accuracy"]))
     assert metrics.cpt(release, paper.RELEASE_ENDS, 50) == pytest.approx(18.71, abs=0.01)
-    assert paper.MATH500.loc["TRIM-Thr", "dIBC"] / paper.MATH500.loc["AutoMix-PRM (best query-level)", "dIBC"] == pytest.approx(5.0)
+    dibc = paper.MATH500["dIBC"]
+    assert dibc["TRIM-Thr"] / dibc["AutoMix-PRM (best query-level)"] == pytest.approx(5.0)
 
 
 def test_random_matched_follows_the_sweep_rates(tb, problems):

@@ -9,7 +9,7 @@ from trim.backends.transformers import StepTagPRM, TransformersGenerator
 from trim.protocols import SamplingParams, StepRequest
 from trim.sampling import filtered_probs, sample_rows
 from trim.testbed import DATA_DIR, task
-from trim.testbed.train import llama_config
+from trim.testbed.training import llama_config
 
 
 @pytest.fixture(scope="module")

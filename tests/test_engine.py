@@ -27,7 +27,7 @@ class ScriptedGenerator:
         self.length, self.answer, self.bad, self.empty = length, answer, set(bad_steps), set(empty_steps)
         self.calls = []
 
-    def prompt(self, request):
+    def cache_key(self, request):
         return f"{request.question}|{'|'.join(request.steps)}"
 
     def propose(self, requests):
@@ -93,10 +93,11 @@ def test_threshold_one_matches_strong_only_answers_and_strong_tokens():
 
 def test_stops_at_max_steps_and_max_tokens():
     weak = ScriptedGenerator("weak", length=100)
-    records = run_policy(PROBLEMS[:1], WeakOnly(), weak, ScriptedGenerator("strong"), KeywordPRM(), RunSettings(max_steps=5))
+    strong = ScriptedGenerator("strong")
+    records = run_policy(PROBLEMS[:1], WeakOnly(), weak, strong, KeywordPRM(), RunSettings(max_steps=5))
     assert records[0]["num_steps"] == 5 and records[0]["stop_reason"] == "max-steps" and not records[0]["correct"]
     assert records[0]["grade_status"] == "no_answer"
-    records = run_policy(PROBLEMS[:1], WeakOnly(), weak, ScriptedGenerator("strong"), KeywordPRM(), RunSettings(max_tokens=10))
+    records = run_policy(PROBLEMS[:1], WeakOnly(), weak, strong, KeywordPRM(), RunSettings(max_tokens=10))
     assert records[0]["stop_reason"] == "max-tokens" and records[0]["num_steps"] == 3
 
 
@@ -159,9 +160,9 @@ def test_random_policy_is_deterministic_and_matches_its_rate():
 
     policy = RandomRegeneration(0.3, seed=1)
     obs = [Observation(f"p{i}", j, 0.5, (), 5, 0, 0) for i in range(200) for j in range(1, 6)]
-    decisions = policy.regenerate_batch(obs)
-    assert decisions == RandomRegeneration(0.3, seed=1).regenerate_batch(obs)
-    assert 0.25 < sum(decisions) / len(decisions) < 0.35
+    decisions = policy.decide(obs)
+    assert decisions == RandomRegeneration(0.3, seed=1).decide(obs)
+    assert 0.25 < sum(d.regenerate for d in decisions) / len(decisions) < 0.35
 
 
 def test_policy_factory_rejects_bad_values():
@@ -171,3 +172,103 @@ def test_policy_factory_rejects_bad_values():
         make_policy("nope")
     with pytest.raises(ValueError, match="needs a value"):
         make_policy("thr")
+
+
+def test_fakes_fill_the_protocols():
+    from trim.protocols import PRM, Generator
+
+    assert isinstance(ScriptedGenerator("weak"), Generator) and isinstance(KeywordPRM(), PRM)
+    assert isinstance(CachedGenerator(ScriptedGenerator("weak")), Generator)
+
+
+def test_step_records_carry_the_observation_and_the_policys_extras():
+    from trim.policies import Decision, Policy
+
+    class Coin(Policy):
+        name = "coin"
+
+        def decide(self, observations):
+            return [Decision(o.score < 0.5, {"log_prob": -0.25, "value": float(o.step_index)}) for o in observations]
+
+    weak, strong = ScriptedGenerator("weak", bad_steps={2}), ScriptedGenerator("strong")
+    record = run_policy(PROBLEMS[:1], Coin(), weak, strong, KeywordPRM())[0]
+    second = record["steps"][1]
+    assert second["observation"] == {"step_index": 2, "score": 0.1, "previous_scores": [0.9], "tokens": 4,
+                                     "strong_tokens": 0, "weak_tokens": 4}
+    assert second["policy_info"] == {"log_prob": -0.25, "value": 2.0} and second["decision"] == "regenerate"
+    assert record["steps"][2]["observation"]["strong_tokens"] == 4  # the rewrite is counted before step 3
+
+
+def test_a_learned_policys_identity_includes_its_weights(tmp_path):
+    import torch
+
+    from trim.policies import LearnedPolicy
+
+    class Linear(LearnedPolicy):
+        name = "linear"
+
+        def __init__(self, bias):
+            self.model = torch.nn.Linear(1, 1)
+            torch.nn.init.zeros_(self.model.weight)
+            torch.nn.init.constant_(self.model.bias, bias)
+
+        def regenerate(self, observation):
+            return bool(self.model(torch.tensor([observation.score])).item() > 0)
+
+    weak, strong, prm = ScriptedGenerator("weak", bad_steps={2}), ScriptedGenerator("strong"), KeywordPRM()
+    path = tmp_path / "linear.jsonl"
+    run_policy(PROBLEMS, Linear(-1.0), weak, strong, prm, trace_path=path)
+    assert Linear(-1.0).params() == Linear(-1.0).params() != Linear(1.0).params()
+    run_policy(PROBLEMS, Linear(-1.0), weak, strong, prm, trace_path=path)  # same weights: resumes
+    with pytest.raises(ValueError, match="other settings"):
+        run_policy(PROBLEMS, Linear(1.0), weak, strong, prm, trace_path=path)
+
+
+def test_the_registry_feeds_make_policy_and_the_cli():
+    from trim.cli import build_parser
+    from trim.policies import POLICIES
+
+    assert {"weak-only", "strong-only", "thr", "rsd", "random"} <= set(POLICIES)
+    run_parser = build_parser()._subparsers._group_actions[0].choices["run"]
+    choices = next(a.choices for a in run_parser._actions if a.dest == "policy")
+    assert list(choices) == list(POLICIES)
+    assert make_policy("random", 0.25, seed=3).params() == {"rate": 0.25, "seed": 3}
+
+
+@pytest.mark.parametrize("fault", ["proposals", "scores", "decisions"])
+def test_a_backend_that_drops_a_row_is_named(fault):
+    from trim.policies import Policy
+
+    weak, strong, prm = ScriptedGenerator("weak"), ScriptedGenerator("strong"), KeywordPRM()
+    policy = Threshold(0.5)
+    if fault == "proposals":
+        weak.propose = lambda requests: ScriptedGenerator.propose(weak, requests)[:-1]
+    elif fault == "scores":
+        prm.score = lambda questions, steps: KeywordPRM.score(prm, questions, steps)[:-1]
+    else:
+        class Short(Policy):
+            name = "short"
+
+            def decide(self, observations):
+                return super().decide(observations)[:-1]
+
+            def regenerate(self, observation):
+                return False
+
+        policy = Short()
+    with pytest.raises(RuntimeError, match=r"returned 3 .* for 4 inputs"):
+        run_policy(PROBLEMS, policy, weak, strong, prm)
+
+
+def test_duplicate_problem_ids_are_refused():
+    with pytest.raises(ValueError, match="unique; repeated: p0"):
+        run_policy([PROBLEMS[0], PROBLEMS[0]], WeakOnly(), ScriptedGenerator("w"), ScriptedGenerator("s"), KeywordPRM())
+
+
+def test_run_seed_and_generator_seed_do_not_collide():
+    from trim.protocols import StepRequest, request_seed
+
+    request = StepRequest("p", "q", ("a",), seed=1)
+    swapped = StepRequest("p", "q", ("a",), seed=0)
+    assert request_seed(0, "m", request) != request_seed(1, "m", swapped)
+    assert len({request_seed(g, "m", StepRequest("p", "q", (), seed=r)) for g in range(3) for r in range(3)}) == 9

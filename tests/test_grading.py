@@ -12,8 +12,7 @@ from pathlib import Path
 import pytest
 
 from trim import grading
-from trim.grading import (extract_answer, grade, grade_many, grading_stats, is_equivalent,
-                          reset_grading_stats)
+from trim.grading import extract_answer, grade, grade_many, grading_stats, is_equivalent, reset_grading_stats
 
 
 def data_dir() -> Path:

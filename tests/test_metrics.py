@@ -5,10 +5,20 @@ import math
 import numpy as np
 import pytest
 
-from trim.metrics import (Endpoints, accuracy_at_budget, apgr, cost_at_pgr, cpt, delta_ibc, mean_delta_ibc,
-                          pareto_frontier, pgr, summarize)
+from trim.metrics import (
+    Endpoints,
+    accuracy_at_budget,
+    apgr,
+    cost_at_pgr,
+    cpt,
+    delta_ibc,
+    mean_delta_ibc,
+    pareto_frontier,
+    pgr,
+    summarize,
+)
 
-# Official release, Qwen2.5-1.5B -> 7B on MATH-500 (DESIGN.md section 1).
+# Official release, Qwen2.5-1.5B -> 7B on MATH-500 (as `trim.paper` cites it).
 OFFICIAL = Endpoints(weak_accuracy=0.364, strong_accuracy=0.730, strong_cost=494.8)
 OFFICIAL_THR = [(70.7, 0.508), (163.8, 0.674), (219.1, 0.714)]  # k = 0.05, 0.5, 0.9
 
@@ -92,8 +102,10 @@ def test_endpoints_reject_a_weaker_strong_model():
 
 def test_summarize_counts_tokens_per_query():
     records = [
-        {"correct": True, "strong_tokens": 10, "weak_tokens": 30, "discarded_tokens": 5, "num_steps": 4, "regenerated_steps": 1},
-        {"correct": False, "strong_tokens": 0, "weak_tokens": 20, "discarded_tokens": 0, "num_steps": 2, "regenerated_steps": 0},
+        {"correct": True, "strong_tokens": 10, "weak_tokens": 30, "discarded_tokens": 5, "num_steps": 4,
+         "regenerated_steps": 1},
+        {"correct": False, "strong_tokens": 0, "weak_tokens": 20, "discarded_tokens": 0, "num_steps": 2,
+         "regenerated_steps": 0},
     ]
     s = summarize(records)
     assert s["accuracy"] == 0.5 and s["strong_tokens"] == 5 and s["weak_tokens"] == 25

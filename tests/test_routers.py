@@ -4,10 +4,18 @@ import numpy as np
 import pytest
 
 from trim.metrics import Endpoints, cpt
-from trim.routers import (AutoMixRouter, BertRouter, MatrixFactorizationRouter, Outcomes, QueryRouter, RandomRouter,
-                          SimilarityWeightedRouter, route_curve)
+from trim.prm_quality import auroc
+from trim.routers import (
+    AutoMixRouter,
+    BertRouter,
+    MatrixFactorizationRouter,
+    Outcomes,
+    QueryRouter,
+    RandomRouter,
+    SimilarityWeightedRouter,
+    route_curve,
+)
 from trim.testbed import task
-from trim.testbed.evaluate import auroc
 
 
 def make_outcomes(problems, seed=0):
@@ -21,12 +29,14 @@ def make_outcomes(problems, seed=0):
                     weak_correct=weak_correct, strong_correct=np.ones(len(problems), bool),
                     strong_tokens=np.array([9.0 * len(p.operations) for p in problems]),
                     weak_tokens=np.array([9.0 * len(p.operations) for p in problems]),
-                    weak_step_scores=scores, weak_confidence=np.where(weak_correct, -0.1, -0.5) + rng.normal(0, 0.1, len(problems)))
+                    weak_step_scores=scores,
+                    weak_confidence=np.where(weak_correct, -0.1, -0.5) + rng.normal(0, 0.1, len(problems)))
 
 
 @pytest.fixture(scope="module")
 def data():
-    return make_outcomes(task.make_split("train", size=240)), make_outcomes(task.make_split("validation", size=120), seed=1)
+    train = make_outcomes(task.make_split("train", size=240))
+    return train, make_outcomes(task.make_split("validation", size=120), seed=1)
 
 
 def test_route_curve_spans_weak_only_to_strong_only(data):
@@ -38,8 +48,8 @@ def test_route_curve_spans_weak_only_to_strong_only(data):
 
 
 @pytest.mark.parametrize("router", [MatrixFactorizationRouter(steps=200), SimilarityWeightedRouter(),
-                                    AutoMixRouter("prm"), AutoMixRouter("prm", meta="pomdp"),
-                                    AutoMixRouter("self"), AutoMixRouter("self", meta="pomdp")], ids=lambda r: r.name)
+                                    AutoMixRouter("prm"), AutoMixRouter("prm", meta="belief"),
+                                    AutoMixRouter("self"), AutoMixRouter("self", meta="belief")], ids=lambda r: r.name)
 def test_learned_routers_find_the_queries_that_need_the_strong_model(router, data, tmp_path):
     train, val = data
     router.fit(train, val)

@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 from transformers import AutoModelForCausalLM, AutoModelForTokenClassification, AutoTokenizer
 
-from trim import testbed
+from trim import prm_quality, testbed
 from trim.protocols import StepRequest
-from trim.testbed.report import PRM_AUROC_TARGET, TARGETS
 from trim.testbed import DATA_DIR, evaluate, task
+from trim.testbed.report import PRM_AUROC_TARGET, TARGETS
 
 
 @pytest.fixture(scope="module")
@@ -88,6 +88,6 @@ def test_a_fixed_seed_sample_lands_in_the_calibration_ranges(tb):
 def test_prm_separates_correct_from_wrong_weak_steps(tb):
     samples = evaluate.sample_solutions(tb.weak, tb.splits["test"][:200], seed=0)
     table = evaluate.prm_step_table(tb.prm, samples)
-    auc = evaluate.auroc(table["score"].to_numpy(), table["on_track"].to_numpy())
+    auc = prm_quality.auroc(table["score"].to_numpy(), table["on_track"].to_numpy())
     low, high = PRM_AUROC_TARGET
     assert low - 0.03 <= auc <= high + 0.03, auc  # 200 problems: a little sampling slack around the target

@@ -13,12 +13,20 @@ import torch
 
 from trim.metrics import frontier_table
 from trim.policies import StrongOnly, WeakOnly
-from trim.routers import (AutoMixRouter, BertRouter, MatrixFactorizationRouter, Outcomes, QueryRouter, RandomRouter,
-                          SimilarityWeightedRouter)
+from trim.routers import (
+    AutoMixRouter,
+    BertRouter,
+    MatrixFactorizationRouter,
+    Outcomes,
+    QueryRouter,
+    RandomRouter,
+    SimilarityWeightedRouter,
+)
 
 
 @torch.inference_mode()
-def weak_confidence(generator, questions: Sequence[str], solutions: Sequence[Sequence[str]], batch_size: int = 128) -> np.ndarray:
+def weak_confidence(generator, questions: Sequence[str], solutions: Sequence[Sequence[str]],
+                    batch_size: int = 128) -> np.ndarray:
     """Mean log-probability per token the weak model gives its own solution (AutoMix's 'self' verifier)."""
     from trim.protocols import STEP_DELIMITER, StepRequest
 
@@ -43,7 +51,7 @@ def weak_confidence(generator, questions: Sequence[str], solutions: Sequence[Seq
 
 
 def outcomes(harness, problems: Sequence, tag: str = "") -> Outcomes:
-    """Router inputs and labels from weak-only and strong-only runs (`harness` is a `trim.sweep.Harness`)."""
+    """Router inputs and labels from weak-only and strong-only runs (`harness` is a `trim.experiment.Harness`)."""
     weak = harness.run(problems, WeakOnly(), tag)
     strong = harness.run(problems, StrongOnly(), tag)
     data = Outcomes.from_traces(weak, strong, {p.id: p.question for p in problems})
@@ -54,7 +62,8 @@ def outcomes(harness, problems: Sequence, tag: str = "") -> Outcomes:
 
 def default_routers(seed: int = 0) -> list[QueryRouter]:
     return [RandomRouter(seed), BertRouter(seed=seed), MatrixFactorizationRouter(seed=seed), SimilarityWeightedRouter(),
-            AutoMixRouter("self"), AutoMixRouter("self", meta="pomdp"), AutoMixRouter("prm"), AutoMixRouter("prm", meta="pomdp")]
+            AutoMixRouter("self"), AutoMixRouter("self", meta="belief"),
+            AutoMixRouter("prm"), AutoMixRouter("prm", meta="belief")]
 
 
 def compare(harness, train: Sequence, validation: Sequence, test: Sequence, step_families: dict[str, pd.DataFrame],

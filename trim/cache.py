@@ -1,17 +1,18 @@
 """Caches for generations and PRM scores, so that a sweep pays once for every shared prefix.
 
-A step is keyed by the generator's name, sampling settings, seeds and the *rendered prompt* (which
-pins the prompt template, the problem and the accepted prefix); PRM scores by the PRM's name and the
-(question, steps). Because sampling is seeded per (problem, prefix, model), a cached step is exactly
-the step the model would produce again: the cache changes cost, never results."""
+A step is keyed by the generator's name, sampling settings, seeds and its `cache_key` (for the
+transformers backend the *rendered prompt*, which pins the prompt template, the problem and the
+accepted prefix); PRM scores by the PRM's name and the (question, steps). Because sampling is seeded
+per (problem, prefix, model), a cached step is exactly the step the model would produce again: the
+cache changes cost, never results."""
 
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 from typing import Sequence
 
+from trim.hashing import join_key, stable_digest
 from trim.protocols import StepProposal, StepRequest
 
 
@@ -24,27 +25,23 @@ def _first_misses(keys: Sequence[str], store: dict) -> dict[str, int]:
     return first
 
 
-def _digest(*parts: str) -> str:
-    return hashlib.blake2b("\x1f".join(parts).encode(), digest_size=16).hexdigest()
-
-
 class CachedGenerator:
-    """Wraps a generator; counts hits and misses and asks the model only for misses."""
+    """A `Generator` in front of another: counts hits and misses and asks the model only for misses."""
 
     def __init__(self, generator, store: dict | None = None):
         self.generator = generator
-        self.name, self.sampling = generator.name, generator.sampling
+        self.name, self.sampling, self.seed = generator.name, generator.sampling, generator.seed
         self.store = {} if store is None else store
         self.hits = self.misses = 0
         self.decoded_tokens = 0   # tokens the model actually decoded (misses only)
+        self._sampling_key = json.dumps(dataclasses.asdict(self.sampling), sort_keys=True)
 
-    def key(self, request: StepRequest) -> str:
-        return _digest(self.name, json.dumps(dataclasses.asdict(self.sampling), sort_keys=True),
-                       str(self.generator.seed), str(request.seed), request.problem_id,
-                       self.generator.prompt(request))
+    def cache_key(self, request: StepRequest) -> str:
+        return stable_digest(join_key(self.name, self._sampling_key, self.seed, request.seed, request.problem_id,
+                                      self.generator.cache_key(request)))
 
     def propose(self, requests: Sequence[StepRequest]) -> list[StepProposal]:
-        keys = [self.key(r) for r in requests]
+        keys = [self.cache_key(r) for r in requests]
         first = _first_misses(keys, self.store)
         unique = list(first)
         for key, proposal in zip(unique, self.generator.propose([requests[first[k]] for k in unique])):
@@ -54,9 +51,6 @@ class CachedGenerator:
         self.hits += len(requests) - len(unique)
         return [self.store[k] for k in keys]
 
-    def __getattr__(self, item):  # prompt(), tokenizer, seed ... of the wrapped generator
-        return getattr(self.generator, item)
-
 
 class CachedPRM:
     def __init__(self, prm, store: dict | None = None):
@@ -65,10 +59,11 @@ class CachedPRM:
         self.hits = self.misses = 0
 
     def score(self, questions: Sequence[str], steps: Sequence[Sequence[str]]) -> list[list[float]]:
-        keys = [_digest(self.name, q, *s) for q, s in zip(questions, steps)]
+        keys = [stable_digest(join_key(self.name, q, *s)) for q, s in zip(questions, steps)]
         where = _first_misses(keys, self.store)
         todo = list(where)
-        for key, scores in zip(todo, self.prm.score([questions[where[k]] for k in todo], [steps[where[k]] for k in todo])):
+        scored = self.prm.score([questions[where[k]] for k in todo], [steps[where[k]] for k in todo]) if todo else []
+        for key, scores in zip(todo, scored):
             self.store[key] = scores
         self.misses += len(todo)
         self.hits += len(keys) - len(todo)

@@ -5,20 +5,38 @@ from __future__ import annotations
 import argparse
 import sys
 
-from trim import __version__
+from trim import __version__, routing_cli
 
 
 def _add_data(sub) -> None:
-    p = sub.add_parser("data", help="list the benchmark sets and how many problems load from the data folder")
-    p.add_argument("--data-dir", default=None, help="folder laid out like ../shared/data (default: $TRIM_DATA_DIR)")
+    p = sub.add_parser("data", help="list the benchmark sets, where each is found and how many problems load")
+    p.add_argument("--data-dir", default=None,
+                   help="look only in this folder (<name>/<split>.jsonl); default: $TRIM_DATA_DIR, "
+                        "then the sets shipped in data/benchmarks")
 
-    def run(args):
-        from trim.data import DATASETS, load_dataset, splits_of
+    def run(args):  # local files only, never the hub
+        from trim import data
 
-        for name in DATASETS:
-            for split in splits_of(name):
-                problems = load_dataset(name, split, data_dir=args.data_dir, source="local")
-                print(f"{name:16s} {split:6s} {len(problems):5d}")
+        rows = [(name, split, data.locate(name, split, args.data_dir),
+                 lambda n=name, s=split: data.load_dataset(n, s, data_dir=args.data_dir, source="local"))
+                for name in data.DATASETS for split in data.splits_of(name)]
+        rows += [("processbench", split, data.locate_processbench(split, args.data_dir),
+                  lambda s=split: data.load_processbench(s, data_dir=args.data_dir))
+                 for split in data.PROCESSBENCH_SPLITS]
+        print(f"{'set':16s} {'split':13s} {'rows':>5s}  found in")
+        for name, split, found, load in rows:
+            if found is not None:
+                print(f"{name:16s} {split:13s} {len(load()):5d}  {found[0]:14s} {found[1]}")
+                continue
+            if args.data_dir is not None:
+                why = f"not in --data-dir {args.data_dir}"
+            elif name in data.NOT_SHIPPED:
+                why = (f"not available (set {data.ENV_VAR} to a folder holding it, or load it from "
+                       f"the hub; not shipped, for licence reasons)")
+            else:
+                why = (f"not available (the shipped copy is missing; set {data.ENV_VAR} to a folder "
+                       f"holding it)")
+            print(f"{name:16s} {split:13s} {'-':>5s}  {why}")
 
     p.set_defaults(func=run)
 
@@ -42,7 +60,8 @@ def _add_testbed(sub) -> None:
     p = sub.add_parser("testbed", help="the CPU testbed: calibration report of the shipped models")
     tsub = p.add_subparsers(dest="testbed_command", required=True)
     report = tsub.add_parser("report", help="measure the weak/strong models and the PRM on the test split")
-    report.add_argument("--problems", type=int, default=1000, help="test problems to measure (default 1000)")
+    report.add_argument("--problems", type=routing_cli.positive_int, default=1000,
+                        help="test problems to measure (default 1000)")
     report.add_argument("--seed", type=int, default=0, help="sampling seed")
     report.add_argument("--out", default=None, help="also write the tables as JSON to this file")
 
@@ -55,11 +74,10 @@ def _add_testbed(sub) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="trim", description="Targeted step-level routing (TRIM): run, sweep and measure routing policies.")
+    parser = argparse.ArgumentParser(
+        prog="trim", description="Targeted step-level routing (TRIM): run, sweep and measure routing policies.")
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    from trim import routing_cli
-
     routing_cli.register(sub)
     for add in (_add_data, _add_grade, _add_testbed):
         add(sub)
@@ -70,7 +88,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args) or 0
-    except (FileNotFoundError, ValueError) as error:
+    except (OSError, ValueError) as error:  # CommandError and every bad-input error of the library
         print(f"trim {args.command}: error: {error}", file=sys.stderr)
         return 2
 

@@ -4,8 +4,11 @@ Routing experiments compare the weak and strong model on the same questions,
 so each set is reduced to one shape (id, question, gold answer as a string)
 and the gold answer is normalised here, once, instead of in every grader.
 
-Data comes from a local folder laid out like ``../shared/data``
-(``<name>/<split>.jsonl``) or, when online, from the public Hugging Face copies.
+The freely licensed sets (MATH-500, GSM8K, OlympiadBench, and ProcessBench through
+:func:`load_processbench`) ship with the repository in ``data/benchmarks``, so they load on a
+fresh clone with nothing set. AIME, AMC and Minerva Math are not freely licensed and are not
+shipped: they come from a folder named by ``$TRIM_DATA_DIR`` (laid out ``<name>/<split>.jsonl``,
+like ``../shared/data``) or, when online, from the public Hugging Face copies.
 """
 from __future__ import annotations
 
@@ -19,6 +22,8 @@ from typing import Any, Callable
 from trim.grading import last_boxed
 
 ENV_VAR = "TRIM_DATA_DIR"
+# The freely licensed sets, inside the repository (see its README for origin, licence and sha256).
+SHIPPED_DIR = Path(__file__).resolve().parents[1] / "data" / "benchmarks"
 
 
 @dataclass(frozen=True)
@@ -137,27 +142,36 @@ class _Spec:
     files: dict[str, str]  # split -> file, relative to the data folder
     hub: tuple[str, str | None, str]  # (hub id, config, hub split) of a public copy of the set
     parse: Callable[[dict, int, str], Problem]
+    licence: str  # of the data; decides whether the set may ship with the repository
     split_by_metadata: bool = False  # the hub copy holds every split; keep rows whose metadata matches
+    shipped: bool = False  # a copy is in SHIPPED_DIR (freely licensed sets only)
 
 
 def _test(name: str) -> dict[str, str]:
     return {"test": f"{name}/test.jsonl"}
 
 
-# Hub ids are public copies of each benchmark, used only when no local folder is given.
+_MAA = "problems (c) Mathematical Association of America"
+# Hub ids are public copies of each benchmark, used only when no local file is found.
 _REGISTRY: dict[str, _Spec] = {
-    "math500": _Spec(_test("math500"), ("HuggingFaceH4/MATH-500", None, "test"), _math500),
-    "aime24": _Spec(_test("aime24"), ("HuggingFaceH4/aime_2024", None, "train"), _contest(2024)),
-    "aime25": _Spec(_test("aime25"), ("math-ai/aime25", None, "test"), _contest(2025)),
+    "math500": _Spec(_test("math500"), ("HuggingFaceH4/MATH-500", None, "test"), _math500,
+                     "MIT", shipped=True),
+    "aime24": _Spec(_test("aime24"), ("HuggingFaceH4/aime_2024", None, "train"), _contest(2024), _MAA),
+    "aime25": _Spec(_test("aime25"), ("math-ai/aime25", None, "test"), _contest(2025), _MAA),
     "aime_1983_2024": _Spec({s: f"aime_1983_2024/{s}.jsonl" for s in ("train", "test")},
-                            ("gneubig/aime-1983-2024", None, "train"), _aime_1983_2024, True),
-    "amc23": _Spec(_test("amc23"), ("math-ai/amc23", None, "test"), _contest(2023)),
-    "minerva_math": _Spec(_test("minerva_math"), ("math-ai/minervamath", None, "test"), _minerva),
+                            ("gneubig/aime-1983-2024", None, "train"), _aime_1983_2024, _MAA,
+                            split_by_metadata=True),
+    "amc23": _Spec(_test("amc23"), ("math-ai/amc23", None, "test"), _contest(2023), _MAA),
+    "minerva_math": _Spec(_test("minerva_math"), ("math-ai/minervamath", None, "test"), _minerva,
+                          "MIT OpenCourseWare problems, CC BY-NC-SA 4.0"),
     "olympiadbench": _Spec(_test("olympiadbench"),
-                           ("Hothan/OlympiadBench", "OE_TO_maths_en_COMP", "train"), _olympiadbench),
-    "gsm8k": _Spec(_test("gsm8k"), ("openai/gsm8k", "main", "test"), _gsm8k),
+                           ("Hothan/OlympiadBench", "OE_TO_maths_en_COMP", "train"), _olympiadbench,
+                           "Apache-2.0", shipped=True),
+    "gsm8k": _Spec(_test("gsm8k"), ("openai/gsm8k", "main", "test"), _gsm8k, "MIT", shipped=True),
 }
 DATASETS: tuple[str, ...] = tuple(_REGISTRY)
+SHIPPED: tuple[str, ...] = tuple(n for n, spec in _REGISTRY.items() if spec.shipped)
+NOT_SHIPPED: tuple[str, ...] = tuple(n for n, spec in _REGISTRY.items() if not spec.shipped)
 
 
 def splits_of(name: str) -> tuple[str, ...]:
@@ -173,10 +187,66 @@ def data_dir_from_env() -> Path | None:
     return Path(value).expanduser() if value else None
 
 
-def _how_to_provide(name: str) -> str:
-    return (f"Either pass data_dir=... or set {ENV_VAR} to a folder laid out like ../shared/data "
-            f"(<name>/<split>.jsonl), or install `datasets` and load online with "
-            f"load_dataset({name!r}, source='hub').")
+def _how_to_provide(name: str, split: str = "test") -> str:
+    spec = _REGISTRY[name]
+    if spec.shipped:
+        why = (f"{name!r} ships with trim in {SHIPPED_DIR}, but that copy is missing (a trim "
+               f"installed without its repository?). ")
+    else:
+        why = f"{name!r} is not shipped with trim, for licence reasons ({spec.licence}). "
+    return (f"{why}Either set {ENV_VAR} to a folder holding {spec.files[split]} (such as "
+            f"../shared/data) or pass data_dir=..., or install `datasets` and load it online "
+            f"with load_dataset({name!r}, source='hub') (hub copy {spec.hub[0]}).")
+
+
+def _candidates(name: str, split: str, data_dir: str | Path | None) -> list[tuple[str, Path]]:
+    """Where a local copy is looked for, in order: (label, file).
+
+    An explicit ``data_dir`` is the only place looked at. Otherwise ``$TRIM_DATA_DIR`` comes
+    first (a folder that lacks the file is passed over) and then, for freely licensed sets,
+    the copy shipped in ``data/benchmarks``.
+    """
+    rel = _REGISTRY[name].files[split]
+    if data_dir is not None:
+        return [("data_dir", Path(data_dir).expanduser() / rel)]
+    found = []
+    if (env := data_dir_from_env()) is not None:
+        found.append((f"${ENV_VAR}", env / rel))
+    if _REGISTRY[name].shipped:
+        found.append(("shipped", SHIPPED_DIR / rel))
+    return found
+
+
+def _check(name: str, split: str) -> _Spec:
+    if name not in _REGISTRY:
+        raise ValueError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}")
+    spec = _REGISTRY[name]
+    if split not in spec.files:
+        raise ValueError(f"unknown split {split!r} for {name!r}; choose one of {', '.join(spec.files)}")
+    return spec
+
+
+def locate(name: str, split: str = "test",
+           data_dir: str | Path | None = None) -> tuple[str, Path] | None:
+    """The local file :func:`load_dataset` reads for this set, as (where, path), or None.
+
+    ``where`` is "data_dir", "$TRIM_DATA_DIR" or "shipped". None means no local copy: the
+    default ``source="auto"`` then fetches from the hub, ``source="local"`` raises.
+    """
+    _check(name, split)
+    return next(((where, path) for where, path in _candidates(name, split, data_dir)
+                 if path.is_file()), None)
+
+
+def _not_found(name: str, split: str, data_dir: str | Path | None) -> FileNotFoundError:
+    looked = _candidates(name, split, data_dir)
+    if looked:
+        where = "; ".join(f"{path} ({label})" for label, path in looked)
+        head = f"missing data file for {name!r} {split}: looked at {where}"
+    else:
+        head = (f"no local copy of {name!r} {split} ({_REGISTRY[name].files[split]}): "
+                f"{ENV_VAR} is unset")
+    return FileNotFoundError(f"{head}. {_how_to_provide(name, split)}")
 
 
 def _parse_rows(rows, spec: _Spec, name: str, where: str, lines=None) -> list[Problem]:
@@ -192,8 +262,6 @@ def _parse_rows(rows, spec: _Spec, name: str, where: str, lines=None) -> list[Pr
 
 
 def _load_local(path: Path, spec: _Spec, name: str) -> list[Problem]:
-    if not path.is_file():
-        raise FileNotFoundError(f"missing data file {path}. {_how_to_provide(name)}")
     rows, lines = [], []
     with path.open(encoding="utf-8") as f:
         for lineno, line in enumerate(f, 1):
@@ -206,18 +274,18 @@ def _load_local(path: Path, spec: _Spec, name: str) -> list[Problem]:
     return _parse_rows(rows, spec, name, str(path), lines)
 
 
-def _load_hub(spec: _Spec, name: str, split: str) -> list[Problem]:
+def _load_hub(spec: _Spec, name: str, split: str, looked: str = "") -> list[Problem]:
     try:
         import datasets as hf  # lazy: optional, and slow to import
     except ImportError as e:
-        raise ImportError(f"`datasets` is not installed, so {name!r} cannot be fetched. "
-                          f"{_how_to_provide(name)}") from e
+        raise ImportError(f"`datasets` is not installed, so {name!r} cannot be fetched{looked}. "
+                          f"{_how_to_provide(name, split)}") from e
     repo, config, hub_split = spec.hub
     try:
         rows = hf.load_dataset(repo, config, split=hub_split)
     except (ConnectionError, OSError) as e:  # offline: say how to work without the hub
-        raise ConnectionError(f"could not fetch {repo} from the hub ({e}). "
-                              f"{_how_to_provide(name)}") from e
+        raise ConnectionError(f"could not fetch {repo} from the hub ({e}){looked}. "
+                              f"{_how_to_provide(name, split)}") from e
     problems = _parse_rows(rows, spec, name, f"hub:{repo}")
     if spec.split_by_metadata:
         problems = [p for p in problems if p.metadata.get("split") == split]
@@ -228,23 +296,111 @@ def load_dataset(name: str, split: str = "test", data_dir: str | Path | None = N
                  source: str = "auto") -> list[Problem]:
     """Load one benchmark as a list of :class:`Problem`.
 
-    Where the rows come from: ``data_dir`` if given, else ``$TRIM_DATA_DIR``, else (with
-    source "auto") the Hugging Face hub. ``source="local"`` never touches the network;
-    ``source="hub"`` always fetches, ignoring local folders.
+    Where the rows come from, first match wins:
+
+    1. ``data_dir``, if given (the only place looked at: a missing file there is an error);
+    2. ``$TRIM_DATA_DIR``, if that folder holds the file;
+    3. the copy shipped in ``data/benchmarks`` (MATH-500, GSM8K, OlympiadBench only);
+    4. the Hugging Face hub, with ``source="auto"`` (needs ``datasets`` and a network).
+
+    ``source="local"`` stops before the hub and raises :class:`FileNotFoundError` naming every
+    place looked at; ``source="hub"`` always fetches, ignoring local folders. :func:`locate`
+    says which local file would be read.
     """
-    if name not in _REGISTRY:
-        raise ValueError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}")
-    spec = _REGISTRY[name]
-    if split not in spec.files:
-        raise ValueError(f"unknown split {split!r} for {name!r}; choose one of {', '.join(spec.files)}")
+    spec = _check(name, split)
     if source not in ("auto", "local", "hub"):
         raise ValueError(f"unknown source {source!r}; choose one of auto, local, hub")
     if source == "hub":
         return _load_hub(spec, name, split)
-    root = Path(data_dir).expanduser() if data_dir is not None else data_dir_from_env()
-    if root is not None:
-        return _load_local(root / spec.files[split], spec, name)
-    if source == "local":
-        raise FileNotFoundError(f"no data folder given for {name!r} (file {spec.files[split]}). "
-                                f"{_how_to_provide(name)}")
-    return _load_hub(spec, name, split)
+    if (found := locate(name, split, data_dir)) is not None:
+        return _load_local(found[1], spec, name)
+    if source == "local" or data_dir is not None:
+        raise _not_found(name, split, data_dir)
+    looked = _candidates(name, split, None)
+    return _load_hub(spec, name, split,
+                     f" (no local copy: looked at {', '.join(str(p) for _, p in looked)})" if looked
+                     else f" (no local copy: {ENV_VAR} is unset)")
+
+
+# --- ProcessBench: step-labelled solutions for judging process reward models ----------
+
+PROCESSBENCH_SPLITS: tuple[str, ...] = ("gsm8k", "math", "olympiadbench", "omnimath")
+
+
+@dataclass(frozen=True)
+class ProcessBenchItem:
+    """One model-written solution, cut into steps, with the first wrong step marked.
+
+    ``label`` is the 0-based index of the earliest wrong step, or -1 when every step is
+    correct; ``final_answer_correct`` can be true even when a step is wrong.
+    """
+
+    id: str
+    generator: str
+    problem: str
+    steps: tuple[str, ...]
+    label: int
+    final_answer_correct: bool
+
+    @property
+    def first_error(self) -> int | None:
+        """The 0-based index of the first wrong step; None when the process is all correct."""
+        return None if self.label < 0 else self.label
+
+
+def _processbench_item(r: dict) -> ProcessBenchItem:
+    steps = r["steps"]
+    if not isinstance(steps, list) or not steps or not all(isinstance(x, str) for x in steps):
+        raise ValueError("steps is not a non-empty list of strings")
+    label = r["label"]
+    if isinstance(label, bool) or not isinstance(label, int) or not -1 <= label < len(steps):
+        raise ValueError(f"label {label!r} is not -1 or a step index below {len(steps)}")
+    if not isinstance(r["final_answer_correct"], bool):
+        raise ValueError(f"final_answer_correct {r['final_answer_correct']!r} is not a boolean")
+    return ProcessBenchItem(str(r["id"]), str(r["generator"]), r["problem"], tuple(steps), label,
+                            r["final_answer_correct"])
+
+
+def locate_processbench(split: str = "math",
+                        data_dir: str | Path | None = None) -> tuple[str, Path] | None:
+    """The ProcessBench file that :func:`load_processbench` reads, as (where, path), or None."""
+    if split not in PROCESSBENCH_SPLITS:
+        raise ValueError(f"unknown ProcessBench split {split!r}; choose one of "
+                         f"{', '.join(PROCESSBENCH_SPLITS)}")
+    rel = f"processbench/{split}.json"
+    if data_dir is not None:
+        places = [("data_dir", Path(data_dir).expanduser() / rel)]
+    else:
+        env = data_dir_from_env()
+        places = [(f"${ENV_VAR}", env / rel)] if env is not None else []
+        places.append(("shipped", SHIPPED_DIR / rel))
+    return next(((w, p) for w, p in places if p.is_file()), None)
+
+
+def load_processbench(split: str = "math", data_dir: str | Path | None = None) -> list[ProcessBenchItem]:
+    """One ProcessBench split (gsm8k 400, math/olympiadbench/omnimath 1000 items each).
+
+    Read from ``data_dir`` if given, else ``$TRIM_DATA_DIR/processbench/<split>.json`` if that
+    exists, else the copy shipped in ``data/benchmarks`` (Apache-2.0). Never touches the network.
+    """
+    found = locate_processbench(split, data_dir)
+    if found is None:
+        rel = f"processbench/{split}.json"
+        place = Path(data_dir).expanduser() / rel if data_dir is not None else SHIPPED_DIR / rel
+        raise FileNotFoundError(f"missing ProcessBench file {place}; it ships with trim in "
+                                f"{SHIPPED_DIR} (a trim installed without its repository?), or "
+                                f"pass data_dir=... / set {ENV_VAR} to a folder holding {rel}")
+    path = found[1]
+    try:
+        rows = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path}: not valid JSON: {e}") from e
+    if not isinstance(rows, list):
+        raise ValueError(f"{path}: expected a JSON list of items, got {type(rows).__name__}")
+    items = []
+    for i, row in enumerate(rows):
+        try:
+            items.append(_processbench_item(row))
+        except (KeyError, TypeError, ValueError) as e:
+            raise ValueError(f"{path}: malformed item {i + 1} of {len(rows)}: {e!r}") from e
+    return items

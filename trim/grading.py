@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from math_verify import LatexExtractionConfig, parse, verify
+
 from trim.progress import progress_bar
 
 __all__ = ["Grade", "GradingStats", "extract_answer", "is_equivalent", "grade", "grade_many",

@@ -1,4 +1,5 @@
-"""Accuracy-cost metrics for routers, with cost in strong-model tokens per query (DESIGN.md section 1).
+"""Accuracy-cost metrics for routers, with cost in strong-model tokens per query (chapter 3 of the book
+derives each one).
 
 A policy family swept over its knob gives points (cost, accuracy). Everything is measured against the
 two endpoints: weak-only (accuracy P_w, cost 0) and strong-only (accuracy P_s, cost C_s).
@@ -130,5 +131,6 @@ def frontier_table(families: dict[str, Sequence[tuple[float, float]] | pd.DataFr
         if not len(points):
             continue
         rows.append({"policy": name, "CPT(50%)": cpt(points, ends, 50), "CPT(80%)": cpt(points, ends, 80),
-                     "CPT(95%)": cpt(points, ends, 95), "dIBC": mean_delta_ibc(points, ends), "APGR": apgr(points, ends)})
+                     "CPT(95%)": cpt(points, ends, 95), "dIBC": mean_delta_ibc(points, ends),
+                     "APGR": apgr(points, ends)})
     return pd.DataFrame(rows).set_index("policy")

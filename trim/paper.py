@@ -1,9 +1,9 @@
 """Numbers reported for TRIM (Kapoor et al., ICLR 2026) and its official release, as the book cites them.
 
 The book sets these *beside* the testbed's numbers, always labelled as the paper's: the testbed is an
-analogue of the paper's setting, not a reproduction. Sources are in DESIGN.md section 1 (the main
-setting is weak Qwen2.5-3B-Instruct, strong Claude 3.7 Sonnet, PRM Qwen2.5-Math-PRM-7B; the official
-release runs Qwen2.5-1.5B-Instruct -> Qwen2.5-7B-Instruct)."""
+analogue of the paper's setting, not a reproduction. Sources: the paper (arXiv 2601.10245; main setting
+weak Qwen2.5-3B-Instruct, strong Claude 3.7 Sonnet, PRM Qwen2.5-Math-PRM-7B) and the official release
+(github.com/Vansh28Kapoor/TRIM; Qwen2.5-1.5B-Instruct -> Qwen2.5-7B-Instruct on MATH-500)."""
 
 from __future__ import annotations
 

@@ -27,7 +27,8 @@ def accuracy_cost(curves: Mapping[str, pd.DataFrame], ends: Endpoints, ax=None, 
         ordered = table.sort_values("strong_tokens")
         ax.plot(ordered["strong_tokens"], ordered["accuracy"], "-" if len(ordered) > 3 else "o", label=name,
                 lw=2.4 if name.startswith(highlight) else 1.2)
-    ax.plot([0, ends.strong_cost], [ends.weak_accuracy, ends.strong_accuracy], "k--", lw=1, label="weak-only to strong-only")
+    ax.plot([0, ends.strong_cost], [ends.weak_accuracy, ends.strong_accuracy], "k--", lw=1,
+            label="weak-only to strong-only")
     ax.plot([0, ends.strong_cost], [ends.weak_accuracy, ends.strong_accuracy], "ks", ms=5)
     ax.set_xlabel("strong tokens per query")
     ax.set_ylabel("accuracy")
@@ -43,7 +44,7 @@ def prm_quality(steps: pd.DataFrame, label: str = "on_track"):
     wrong steps, a reliability diagram, and the score histograms of right and wrong steps."""
     import matplotlib.pyplot as plt
 
-    from trim.testbed.evaluate import auroc, reliability, roc_points
+    from trim.prm_quality import auroc, reliability, roc_points
 
     scores, labels = steps["score"].to_numpy(float), steps[label].to_numpy(bool)
     # Two rows, so that the figure stays legible in a book's text column.
@@ -58,7 +59,8 @@ def prm_quality(steps: pd.DataFrame, label: str = "on_track"):
     rel = reliability(scores, labels)
     rel_ax.plot([0, 1], [0, 1], "k:", lw=1)
     rel_ax.plot(rel["mean_score"], rel["correct_share"], "o-")
-    rel_ax.set(xlabel="mean PRM score in bin", ylabel="share of steps on track", title="calibration", xlim=(0, 1), ylim=(0, 1))
+    rel_ax.set(xlabel="mean PRM score in bin", ylabel="share of steps on track", title="calibration",
+               xlim=(0, 1), ylim=(0, 1))
     bins = np.linspace(0, 1, 21)
     hist_ax.hist(scores[labels], bins=bins, alpha=0.6, label="on track")
     hist_ax.hist(scores[~labels], bins=bins, alpha=0.6, label="gone wrong")

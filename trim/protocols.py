@@ -1,7 +1,7 @@
-"""The three roles of step-level routing, as protocols any backend can fill.
+"""The roles of step-level routing, as protocols any backend can fill.
 
 A `Generator` proposes the next step for a batch of prefixes, a `PRM` scores the steps of a batch of
-prefixes, a `Policy` turns one observation into continue/regenerate. The transformers backends live in
+prefixes; the third role, the `Policy`, lives in `trim.policies`. The transformers backends live in
 `trim.backends.transformers`; a vLLM engine or an OpenAI-compatible server fits the same shapes because
 a request carries plain text (question, accepted steps) and a seed, nothing framework-specific.
 """
@@ -9,9 +9,11 @@ a request carries plain text (question, accepted steps) and a seed, nothing fram
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 from typing import Protocol, Sequence, runtime_checkable
 
+from trim.hashing import join_key, stable_int
+
+# Steps end at a blank line, as real chain-of-thought does (vLLM `stop=["\n\n"]`).
 STEP_DELIMITER = "\n\n"
 
 
@@ -40,7 +42,7 @@ class SamplingParams:
 
 @dataclasses.dataclass(frozen=True)
 class StepRequest:
-    """Propose step number len(steps)+1 of `question` after the accepted `steps`."""
+    """Propose step number len(steps)+1 of `question` after the accepted `steps`; `seed` is the run's."""
 
     problem_id: str
     question: str
@@ -56,20 +58,30 @@ class StepProposal:
     truncated: bool    # hit max_step_tokens before a delimiter
 
 
-def request_seed(base_seed: int, model: str, request: StepRequest) -> int:
-    """A seed per (problem, prefix, model): the same prefix always gets the same continuation, so two
-    policies that share a prefix share what follows it, and a cache keyed the same way is exact."""
-    key = "\x1f".join([str(base_seed), model, request.problem_id, request.question, *request.steps])
-    return int.from_bytes(hashlib.blake2b(key.encode(), digest_size=8).digest(), "little")
+def request_seed(generator_seed: int, model: str, request: StepRequest) -> int:
+    """A seed per (run seed, generator seed, model, problem, prefix).
+
+    The same prefix always gets the same continuation, so two policies that share a prefix share what
+    follows it, and a cache keyed the same way is exact. The two seeds are kept apart in the key, so
+    (run 1, generator 0) and (run 0, generator 1) sample differently; generator seed 0 adds nothing, so
+    every trace written with it stays reproducible."""
+    seeds = str(request.seed) if generator_seed == 0 else f"{request.seed}/{generator_seed}"
+    return stable_int(join_key(seeds, model, request.problem_id, request.question, *request.steps))
 
 
 @runtime_checkable
 class Generator(Protocol):
+    """Everything the engine and the caches use: a name, sampling settings, a seed, a cache key, steps."""
+
     name: str
     sampling: SamplingParams
+    seed: int
+
+    def cache_key(self, request: StepRequest) -> str:
+        """What, besides name, sampling and seeds, determines the step: usually the rendered prompt."""
 
     def propose(self, requests: Sequence[StepRequest]) -> list[StepProposal]:
-        """The next step for every request, sampled with its own seed."""
+        """The next step for every request, sampled with `request_seed(self.seed, self.name, request)`."""
 
 
 @runtime_checkable

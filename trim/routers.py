@@ -12,17 +12,16 @@ so a router's curve is computed from those runs' traces without generating anyth
 - `SimilarityWeightedRouter`: RouteLLM's SW ranking: Bradley-Terry between the two models on training
   queries, weighted by embedding similarity to the new query.
 - `AutoMixRouter`: a cascade. The weak model answers, a verifier scores the answer, a meta-verifier
-  decides escalation (a threshold, or AutoMix's POMDP belief). Verifier "prm" is AutoMix-PRM (PRM
-  scores of the weak solution, aggregated by min / last / product as chosen on validation); verifier
-  "self" replaces AutoMix's few-shot self-verification, which the testbed models cannot do (they were
-  never taught to judge), by the closest honest analogue: the weak model's own confidence, the mean
+  decides escalation (a threshold, or the belief that AutoMix computes with its POMDP). Verifier "prm"
+  is AutoMix-PRM (PRM scores of the weak solution, aggregated by min / last / product as chosen on
+  validation); verifier "self" replaces AutoMix's few-shot self-verification, which the testbed models
+  cannot do (they were never taught to judge), by the closest honest analogue: the weak model's own confidence, the mean
   log-probability it gives its solution.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import importlib.util
 import json
 from pathlib import Path
@@ -31,6 +30,8 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 import torch
+
+from trim.hashing import stable_uniform
 
 
 @dataclasses.dataclass
@@ -77,7 +78,8 @@ def route_curve(scores: np.ndarray, data: Outcomes, cascade: bool = False) -> pd
         rows.append({"threshold": float(t), "routed_share": float(routed.mean()),
                      "accuracy": float(np.where(routed, data.strong_correct, data.weak_correct).mean()),
                      "strong_tokens": float(np.where(routed, data.strong_tokens, 0.0).mean()),
-                     "weak_tokens": float(data.weak_tokens.mean() if cascade else np.where(routed, 0.0, data.weak_tokens).mean())})
+                     "weak_tokens": float(data.weak_tokens.mean() if cascade
+                                          else np.where(routed, 0.0, data.weak_tokens).mean())})
     return pd.DataFrame(rows)
 
 
@@ -137,8 +139,7 @@ class RandomRouter(QueryRouter):
         self.seed = seed
 
     def score(self, data: Outcomes) -> np.ndarray:
-        return np.array([int.from_bytes(hashlib.blake2b(f"{self.seed}:{i}".encode(), digest_size=8).digest(), "little")
-                         / 2**64 for i in data.ids])
+        return np.array([stable_uniform(f"{self.seed}:{i}") for i in data.ids])
 
     def state(self) -> dict:
         return {"seed": self.seed}
@@ -262,7 +263,8 @@ class MatrixFactorizationRouter(QueryRouter):
         self.projection = torch.nn.Linear(e.shape[1], self.dim, bias=False)
         self.models = torch.nn.Parameter(torch.randn(2, self.dim) * 0.1)   # rows: weak, strong
         self.bias = torch.nn.Parameter(torch.zeros(()))
-        optimizer = torch.optim.Adam([*self.projection.parameters(), self.models, self.bias], lr=self.lr, weight_decay=1e-4)
+        optimizer = torch.optim.Adam([*self.projection.parameters(), self.models, self.bias], lr=self.lr,
+                                     weight_decay=1e-4)
         for _ in range(self.steps):
             logits = self._logits(e[disagree])
             loss = torch.nn.functional.binary_cross_entropy_with_logits(logits, y)
@@ -280,7 +282,8 @@ class MatrixFactorizationRouter(QueryRouter):
 
     def state(self) -> dict:
         return {"dim": self.dim, "steps": self.steps, "lr": self.lr, "seed": self.seed,
-                "projection": self.projection.weight.detach(), "models": self.models.detach(), "bias": self.bias.detach()}
+                "projection": self.projection.weight.detach(), "models": self.models.detach(),
+                "bias": self.bias.detach()}
 
     def restore(self, state: dict, path: Path) -> None:
         super().restore(state, path)
@@ -318,17 +321,22 @@ AGGREGATIONS = {"min": np.min, "last": lambda s: s[-1], "product": np.prod}
 
 
 class AutoMixRouter(QueryRouter):
-    """AutoMix: verifier score of the weak answer, then a meta-verifier (threshold or POMDP belief)."""
+    """AutoMix: verifier score of the weak answer, then a meta-verifier that decides escalation.
+
+    Meta-verifier "threshold" escalates below a cut on the verifier score; "belief" is what AutoMix calls
+    its POMDP meta-verifier: the posterior that the weak answer is right given the verifier score (class
+    densities fit on train). It is named for what it computes so that it is never taken for TRIM-POMDP,
+    the step-level policy of a later chapter."""
 
     cascade = True
 
     def __init__(self, verifier: str = "prm", meta: str = "threshold", aggregation: str | None = None):
         if verifier not in ("prm", "self"):
             raise ValueError(f"verifier must be 'prm' or 'self', got {verifier!r}")
-        if meta not in ("threshold", "pomdp"):
-            raise ValueError(f"meta-verifier must be 'threshold' or 'pomdp', got {meta!r}")
+        if meta not in ("threshold", "belief"):
+            raise ValueError(f"meta-verifier must be 'threshold' or 'belief', got {meta!r}")
         self.verifier, self.meta, self.aggregation = verifier, meta, aggregation
-        self.name = f"AutoMix{'-PRM' if verifier == 'prm' else ''}{' (POMDP)' if meta == 'pomdp' else ''}"
+        self.name = f"AutoMix{'-PRM' if verifier == 'prm' else ''}{' (belief)' if meta == 'belief' else ''}"
 
     def verifier_scores(self, data: Outcomes, aggregation: str | None = None) -> np.ndarray:
         """P(weak answer correct)-like score: high means keep the weak answer."""
@@ -344,10 +352,10 @@ class AutoMixRouter(QueryRouter):
         tune = validation or train
         if self.verifier == "prm" and self.aggregation is None:
             # Choose the aggregation whose verifier best separates right from wrong weak answers.
-            from trim.testbed.evaluate import auroc
+            from trim.prm_quality import auroc
 
             self.aggregation = max(AGGREGATIONS, key=lambda a: auroc(self.verifier_scores(tune, a), tune.weak_correct))
-        if self.meta == "pomdp":
+        if self.meta == "belief":
             from scipy.stats import gaussian_kde
 
             v = self.verifier_scores(train)
@@ -360,20 +368,22 @@ class AutoMixRouter(QueryRouter):
         v = self.verifier_scores(data)
         if self.meta == "threshold":
             return -v
-        # POMDP meta-verifier: belief that the weak answer is right after observing v; escalate when low.
+        # Belief meta-verifier: P(weak answer right | verifier score v); escalate when low.
         right = self.prior * self.kde_right(v)
         wrong = (1 - self.prior) * self.kde_wrong(v)
         return -(right / np.maximum(right + wrong, 1e-300))
 
     def state(self) -> dict:
         state = {"verifier": self.verifier, "meta": self.meta, "aggregation": self.aggregation, "name": self.name}
-        if self.meta == "pomdp":
-            state.update(prior=self.prior, kde_right=self.kde_right.dataset.tolist(), kde_wrong=self.kde_wrong.dataset.tolist())
+        if self.meta == "belief":
+            state.update(prior=self.prior, kde_right=self.kde_right.dataset.tolist(),
+                         kde_wrong=self.kde_wrong.dataset.tolist())
         return state
 
     def restore(self, state: dict, path: Path) -> None:
         super().restore(state, path)
-        if self.meta == "pomdp":
+        if self.meta == "belief":
             from scipy.stats import gaussian_kde
 
-            self.kde_right, self.kde_wrong = gaussian_kde(np.array(state["kde_right"])), gaussian_kde(np.array(state["kde_wrong"]))
+            self.kde_right = gaussian_kde(np.array(state["kde_right"]))
+            self.kde_wrong = gaussian_kde(np.array(state["kde_wrong"]))

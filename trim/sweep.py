@@ -1,56 +1,26 @@
 """Sweeps of a policy family over its knob, and budget calibration (RouteLLM's calibrate-threshold).
 
-All runs of a sweep share one generation cache and one PRM cache: every prefix that two thresholds
-share is generated and scored once."""
+Sweeps run through one `trim.experiment.Harness`, so all runs share one generation cache and one PRM
+cache: every prefix that two thresholds share is generated and scored once."""
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 import pandas as pd
 
-from trim.cache import CachedGenerator, CachedPRM
-from trim.engine import RunSettings, run_policy
-from trim.metrics import Endpoints, summarize
-from trim.policies import Policy, RandomRegeneration, StrongOnly, Threshold, WeakOnly
-
-
-class Harness:
-    """The models of one experiment behind shared caches, plus the endpoints every metric needs."""
-
-    def __init__(self, weak, strong, prm, run: RunSettings = RunSettings(), trace_dir: str | Path | None = None,
-                 progress: bool | None = None):
-        self.weak, self.strong, self.prm = CachedGenerator(weak), CachedGenerator(strong), CachedPRM(prm)
-        self.run_settings, self.progress = run, progress
-        self.trace_dir = Path(trace_dir) if trace_dir else None
-
-    def run(self, problems: Sequence, policy: Policy, tag: str = "") -> list[dict]:
-        path = None
-        if self.trace_dir is not None:
-            safe = "".join(c if c.isalnum() or c in "-_.=" else "_" for c in policy.name)
-            path = self.trace_dir / f"{safe}{tag}.jsonl"
-        return run_policy(problems, policy, self.weak, self.strong, self.prm, self.run_settings,
-                          trace_path=path, progress=self.progress)
-
-    def endpoints(self, problems: Sequence) -> tuple[Endpoints, dict, dict]:
-        weak = summarize(self.run(problems, WeakOnly()))
-        strong = summarize(self.run(problems, StrongOnly()))
-        return Endpoints(weak["accuracy"], strong["accuracy"], strong["strong_tokens"]), weak, strong
-
-    def sweep(self, problems: Sequence, policies: Sequence[Policy]) -> pd.DataFrame:
-        rows = []
-        for policy in policies:
-            rows.append({"policy": policy.name, **policy.params(), **summarize(self.run(problems, policy))})
-        return pd.DataFrame(rows)
+from trim.experiment import Harness
+from trim.metrics import summarize
+from trim.policies import RandomRegeneration, Threshold
 
 
 def threshold_grid(points: int = 21) -> list[Threshold]:
     return [Threshold(float(k)) for k in np.linspace(0.0, 1.0, points)]
 
 
-def random_matched(harness: Harness, problems: Sequence, sweep: pd.DataFrame, runs: int = 5, seed: int = 0) -> pd.DataFrame:
+def random_matched(harness: Harness, problems: Sequence, sweep: pd.DataFrame, runs: int = 5,
+                   seed: int = 0) -> pd.DataFrame:
     """The control for a sweep: regenerate the same shares of steps as `sweep`'s points, at random.
 
     It spends strong tokens like the swept policy but ignores the PRM, so the gap between the two

@@ -34,7 +34,7 @@ class TraceWriter:
                     # A crash can leave a half-written last line; anything earlier is corruption.
                     if number == len(lines):
                         break
-                    raise ValueError(f"{self.path}:{number} is not valid JSON; delete or repair the file")
+                    raise ValueError(f"{self.path}:{number} is not valid JSON; delete or repair the file") from None
                 if record["settings"] != settings:
                     raise ValueError(
                         f"{self.path} holds traces written with other settings ({record['settings']}); "
@@ -54,7 +54,14 @@ class TraceWriter:
 
 
 def read_traces(path: str | Path) -> list[dict]:
-    return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+    records = []
+    for number, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), 1):
+        if line.strip():
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError as error:
+                raise ValueError(f"{path}:{number} is not valid JSON ({error.msg}); is this a trace file?") from None
+    return records
 
 
 def traces_frame(records: Iterable[dict]) -> pd.DataFrame:

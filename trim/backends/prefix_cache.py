@@ -81,6 +81,7 @@ class PastBatch:
         start = self.past + self.width - self.news[row]
         out = []
         for k, v in self.cache.to_legacy_cache():
-            out.append(tuple(torch.cat([t[row, :, self.past - self.lengths[row]: self.past], t[row, :, start: start + keep_new]], dim=1).clone()
+            out.append(tuple(torch.cat([t[row, :, self.past - self.lengths[row]: self.past],
+                                        t[row, :, start: start + keep_new]], dim=1).clone()
                              for t in (k, v)))
         return out

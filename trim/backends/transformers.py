@@ -14,10 +14,9 @@ import torch
 from transformers import AutoModel, AutoModelForCausalLM, AutoModelForTokenClassification, AutoTokenizer
 
 from trim.backends.prefix_cache import PastBatch, PrefixCache
+from trim.backends.prompts import PRM_STEP_TAG, chat_prompt, prm_text
 from trim.protocols import STEP_DELIMITER, SamplingParams, StepProposal, StepRequest, request_seed
 from trim.sampling import sample_rows
-
-DEFAULT_INSTRUCTION = "Please reason step by step, and put your final answer within \\boxed{}."
 
 
 def _require_dir(path: str | Path, what: str) -> Path:
@@ -44,16 +43,6 @@ def _load_tokenizer(source: str | Path):
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer
-
-
-def chat_prompt(tokenizer, question: str, steps: Sequence[str], system: str | None = None) -> str:
-    """The prompt that continues the assistant turn after the accepted steps (DESIGN.md section 1)."""
-    messages = [{"role": "system", "content": system}] if system else []
-    messages.append({"role": "user", "content": question})
-    if not steps:
-        return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-    messages.append({"role": "assistant", "content": STEP_DELIMITER.join(steps) + STEP_DELIMITER})
-    return tokenizer.apply_chat_template(messages, tokenize=False, continue_final_message=True)
 
 
 class TransformersGenerator:
@@ -85,6 +74,8 @@ class TransformersGenerator:
     def prompt(self, request: StepRequest) -> str:
         return chat_prompt(self.tokenizer, request.question, request.steps, self.system_prompt)
 
+    cache_key = prompt  # the rendered prompt pins template, system prompt, question and prefix
+
     def propose(self, requests: Sequence[StepRequest]) -> list[StepProposal]:
         out: list[StepProposal] = []
         for start in range(0, len(requests), self.batch_size):
@@ -93,7 +84,7 @@ class TransformersGenerator:
 
     @torch.inference_mode()
     def _propose_batch(self, requests: Sequence[StepRequest]) -> list[StepProposal]:
-        rngs = [np.random.default_rng(request_seed(self.seed + r.seed, self.name, r)) for r in requests]
+        rngs = [np.random.default_rng(request_seed(self.seed, self.name, r)) for r in requests]
         encoded = [self.tokenizer(self.prompt(r), add_special_tokens=False).input_ids for r in requests]
         # Continue from the longest cached prompt of this problem (its previous steps' prompts).
         found = [self.prefixes.find([(r.question, r.steps[:k]) for k in range(len(r.steps) - 1, -1, -1)], ids)
@@ -136,13 +127,6 @@ class TransformersGenerator:
         return proposals
 
 
-def prm_text(tokenizer, question: str, steps: Sequence[str], step_tag: str = "<extra_0>", system: str | None = None) -> str:
-    """The PRM's input: every step followed by the step tag, in the assistant turn (Qwen2.5-Math-PRM)."""
-    messages = [{"role": "system", "content": system}] if system else []
-    messages += [{"role": "user", "content": question}, {"role": "assistant", "content": "".join(s + step_tag for s in steps)}]
-    return tokenizer.apply_chat_template(messages, tokenize=False, continue_final_message=True)
-
-
 def _place(result: list, rows: list[int], values: list) -> list:
     for i, value in zip(rows, values):
         result[i] = value
@@ -156,7 +140,7 @@ class StepTagPRM:
     head, reward = softmax(logits)[..., 1] at each tag. The testbed PRM is a token-classification model
     with the same interface; Qwen's loads with `AutoModel(..., trust_remote_code=True)`."""
 
-    def __init__(self, model: str | Path, name: str | None = None, step_tag: str = "<extra_0>",
+    def __init__(self, model: str | Path, name: str | None = None, step_tag: str = PRM_STEP_TAG,
                  device: str | None = None, dtype: torch.dtype | None = None, trust_remote_code: bool = False,
                  system_prompt: str | None = None, batch_size: int = 64, max_length: int | None = None,
                  reuse_prefix: bool = True, prefix_cache_bytes: int = 1 << 30):
@@ -177,17 +161,19 @@ class StepTagPRM:
         return prm_text(self.tokenizer, question, steps, self.step_tag, self.system_prompt)
 
     def score(self, questions: Sequence[str], steps: Sequence[Sequence[str]]) -> list[list[float]]:
-        for q, s in zip(questions, steps):
+        for s in steps:
             for step in s:
                 if self.step_tag in step:
                     raise ValueError(f"a step contains the PRM's step tag {self.step_tag!r}: {step!r}")
         scores: list[list[float]] = []
         for start in range(0, len(questions), self.batch_size):
-            scores.extend(self._score_batch(questions[start: start + self.batch_size], steps[start: start + self.batch_size]))
+            batch = slice(start, start + self.batch_size)
+            scores.extend(self._score_batch(questions[batch], steps[batch]))
         return scores
 
     def _score_batch(self, questions, steps) -> list[list[float]]:
-        encoded = [self.tokenizer(self.text(q, s), add_special_tokens=False).input_ids for q, s in zip(questions, steps)]
+        encoded = [self.tokenizer(self.text(q, s), add_special_tokens=False).input_ids
+                   for q, s in zip(questions, steps)]
         fits = [len(ids) <= self.max_length for ids in encoded]
         result: list = [None] * len(encoded)
         if self.reuse_prefix:
@@ -239,7 +225,8 @@ class StepTagPRM:
         result = []
         for row, (q, s, ids) in enumerate(zip(questions, steps, encoded)):
             new = slice(batch.width - batch.news[row], batch.width)
-            scores = (found[row]["scores"] if found[row] else []) + self._tag_scores(logits[row, new], batch.input_ids[row, new])
+            earlier = found[row]["scores"] if found[row] else []
+            scores = earlier + self._tag_scores(logits[row, new], batch.input_ids[row, new])
             self.prefixes.put((q, tuple(s)), ids, batch.row_kv(row, batch.news[row]), scores=scores)
             result.append(scores)
         return result

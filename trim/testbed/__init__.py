@@ -12,8 +12,12 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from trim.protocols import SamplingParams
+
+if TYPE_CHECKING:  # the backends import torch; `trim.testbed.task` alone must not
+    from trim.backends.transformers import StepTagPRM, TransformersGenerator
 
 DATA_DIR = Path(__file__).resolve().parents[2] / "data" / "testbed"
 
@@ -54,8 +58,8 @@ class Testbed:
     seed: int
 
 
-def load(seed: int = 0, data_dir: str | Path = DATA_DIR, split_seed: int = 0, weak_sampling: SamplingParams = WEAK_SAMPLING,
-         strong_sampling: SamplingParams = STRONG_SAMPLING) -> Testbed:
+def load(seed: int = 0, data_dir: str | Path = DATA_DIR, split_seed: int = 0,
+         weak_sampling: SamplingParams = WEAK_SAMPLING, strong_sampling: SamplingParams = STRONG_SAMPLING) -> Testbed:
     """Ready weak and strong generators, the PRM and the fixed problem splits (a few seconds on CPU)."""
     import torch
 
@@ -63,7 +67,9 @@ def load(seed: int = 0, data_dir: str | Path = DATA_DIR, split_seed: int = 0, we
 
     torch.set_num_threads(min(2, torch.get_num_threads()))
     data_dir = Path(data_dir)
-    weak = TransformersGenerator(data_dir / "weak", sampling=weak_sampling, name="testbed-weak", seed=seed, device="cpu")
-    strong = TransformersGenerator(data_dir / "strong", sampling=strong_sampling, name="testbed-strong", seed=seed, device="cpu")
+    weak = TransformersGenerator(data_dir / "weak", sampling=weak_sampling, name="testbed-weak", seed=seed,
+                                 device="cpu")
+    strong = TransformersGenerator(data_dir / "strong", sampling=strong_sampling, name="testbed-strong", seed=seed,
+                                   device="cpu")
     prm = StepTagPRM(data_dir / "prm", name="testbed-prm", device="cpu")
     return Testbed(weak=weak, strong=strong, prm=prm, splits=Splits(split_seed), seed=seed)

@@ -8,6 +8,8 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
+from trim.engine import RunSettings, run_policy
+from trim.policies import WeakOnly
 from trim.protocols import StepRequest
 from trim.testbed import task
 
@@ -47,27 +49,18 @@ def next_step_samples(generator, problems: Sequence[task.ChainProblem], seed: in
 
 
 def sample_solutions(generator, problems: Sequence[task.ChainProblem], seed: int = 0) -> list[Sample]:
-    """Whole solutions written by one model alone, step by step, all problems in lockstep."""
-    steps: dict[str, list[str]] = {p.id: [] for p in problems}
-    tokens: dict[str, list[int]] = {p.id: [] for p in problems}
-    active = list(problems)
-    for _ in range(MAX_STEPS):
-        if not active:
-            break
-        proposals = generator.propose([StepRequest(p.id, p.question, tuple(steps[p.id]), seed) for p in active])
-        still = []
-        for p, proposal in zip(active, proposals):
-            steps[p.id].append(proposal.text)
-            tokens[p.id].append(proposal.tokens)
-            if not (proposal.finished or "\\boxed" in proposal.text or proposal.truncated):
-                still.append(p)
-        active = still
+    """Whole solutions written by one model alone: the engine's loop with the weak-only policy and no PRM,
+    so a sample is exactly what the weak-only endpoint of a routing run writes."""
+    records = run_policy(problems, WeakOnly(), generator, generator, None, RunSettings(seed=seed, max_steps=MAX_STEPS),
+                         progress=False)
     samples = []
-    for p in problems:
-        labels = task.step_labels(p, steps[p.id])
-        final = task.step_result(steps[p.id][-1]) if steps[p.id] else None
-        boxed = "\\boxed" in steps[p.id][-1] if steps[p.id] else False
-        samples.append(Sample(p, steps[p.id], tokens[p.id], labels, boxed and final == int(p.answer)))
+    for p, record in zip(problems, records):
+        steps = [s["text"] for s in record["steps"]]
+        labels = task.step_labels(p, steps)
+        final = task.step_result(steps[-1]) if steps else None
+        boxed = "\\boxed" in steps[-1] if steps else False
+        samples.append(Sample(p, steps, [s["tokens"] for s in record["steps"]], labels,
+                              boxed and final == int(p.answer)))
     return samples
 
 
@@ -92,41 +85,6 @@ def prm_step_table(prm, samples: Sequence[Sample]) -> pd.DataFrame:
             rows.append({"problem_id": s.problem.id, "step": i + 1, "step_type": s.problem.step_type(i),
                          "score": r, "correct": ok, "on_track": track, "first_error": first_error})
     return pd.DataFrame(rows)
-
-
-def auroc(scores: np.ndarray, labels: np.ndarray) -> float:
-    """Area under the ROC curve as the Mann-Whitney statistic (ties count half)."""
-    from scipy.stats import rankdata
-
-    labels = np.asarray(labels).astype(bool)
-    positives, negatives = labels.sum(), (~labels).sum()
-    if positives == 0 or negatives == 0:
-        raise ValueError("AUROC needs both correct and wrong steps")
-    ranks = rankdata(scores)
-    return float((ranks[labels].sum() - positives * (positives + 1) / 2) / (positives * negatives))
-
-
-def expected_calibration_error(scores: np.ndarray, labels: np.ndarray, bins: int = 10) -> float:
-    """Gap between mean score and share correct, averaged over the reliability diagram's bins by size."""
-    table = reliability(scores, labels, bins)
-    gaps = (table["mean_score"] - table["correct_share"]).abs()
-    return float((gaps * table["steps"]).sum() / table["steps"].sum())
-
-
-def processbench_f1(table: pd.DataFrame, threshold: float = 0.5) -> dict[str, float]:
-    """ProcessBench's metric: predicted first error = first step scored below `threshold` (-1 if none);
-    accuracy on erroneous and on correct solutions, and their harmonic mean (F1)."""
-    predicted, actual = [], []
-    for _, group in table.groupby("problem_id", sort=False):
-        below = np.flatnonzero(group["score"].to_numpy() < threshold)
-        predicted.append(int(below[0]) if len(below) else -1)
-        actual.append(int(group["first_error"].iloc[0]))
-    predicted, actual = np.array(predicted), np.array(actual)
-    err, ok = actual >= 0, actual < 0
-    acc_err = float((predicted[err] == actual[err]).mean()) if err.any() else 0.0
-    acc_ok = float((predicted[ok] == -1).mean()) if ok.any() else 0.0
-    f1 = 2 * acc_err * acc_ok / (acc_err + acc_ok) if acc_err + acc_ok else 0.0
-    return {"error_acc": acc_err, "correct_acc": acc_ok, "f1": f1}
 
 
 def solutions_frame(samples: Sequence[Sample]) -> pd.DataFrame:
@@ -165,23 +123,3 @@ def label_steps(records: Sequence[dict], problems: Sequence[task.ChainProblem]) 
                          "answer_correct": r["correct"]})
             accepted.append(step["text"])
     return pd.DataFrame(rows)
-
-
-def roc_points(scores: np.ndarray, labels: np.ndarray) -> pd.DataFrame:
-    """False and true positive rates of "flag as wrong" = score below t, for every threshold t.
-
-    Positives are the wrong steps, because that is what a router looks for."""
-    scores, wrong = np.asarray(scores, dtype=float), ~np.asarray(labels).astype(bool)
-    thresholds = np.concatenate([[-np.inf], np.unique(scores), [np.inf]])
-    flagged = scores[None, :] < thresholds[:, None]
-    return pd.DataFrame({"threshold": thresholds, "fpr": (flagged & ~wrong).sum(1) / max((~wrong).sum(), 1),
-                         "tpr": (flagged & wrong).sum(1) / max(wrong.sum(), 1)})
-
-
-def reliability(scores: np.ndarray, labels: np.ndarray, bins: int = 10) -> pd.DataFrame:
-    """Mean score against the observed share of correct steps, per score bin (a reliability diagram)."""
-    edges = np.linspace(0, 1, bins + 1)
-    which = np.clip(np.digitize(scores, edges[1:-1]), 0, bins - 1)
-    frame = pd.DataFrame({"bin": which, "score": scores, "correct": np.asarray(labels, dtype=float)})
-    return frame.groupby("bin").agg(mean_score=("score", "mean"), correct_share=("correct", "mean"),
-                                    steps=("score", "size"))

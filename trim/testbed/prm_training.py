@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import sys
 import time
 from pathlib import Path
 
@@ -26,11 +25,13 @@ import numpy as np
 import torch
 from transformers import LlamaForTokenClassification, PreTrainedTokenizerFast
 
-from trim.backends.transformers import StepTagPRM, TransformersGenerator, prm_text
-from trim.testbed import SAMPLING, task
-from trim.testbed.evaluate import auroc, prm_step_table, sample_solutions
+from trim.backends.prompts import prm_text
+from trim.backends.transformers import StepTagPRM, TransformersGenerator
+from trim.prm_quality import auroc
+from trim.testbed import DATA_DIR, SAMPLING, task
+from trim.testbed.evaluate import prm_step_table, sample_solutions
 from trim.testbed.tokenizer import STEP_TAG
-from trim.testbed.train import DEFAULT_DIR, cosine_lr, length_bucketed, llama_config
+from trim.testbed.training import command_line, cosine_lr, length_bucketed, llama_config
 
 
 def prm_example(tokenizer, question: str, steps: list[str], on_track: list[bool]) -> tuple[list[int], list[int]]:
@@ -48,8 +49,9 @@ def collate(examples: list[tuple[list[int], list[int]]], pad_id: int) -> dict[st
     ids = torch.full((len(examples), width), pad_id)
     labels = torch.full((len(examples), width), -100)
     mask = torch.zeros((len(examples), width), dtype=torch.long)
-    for row, (i, l) in enumerate(examples):
-        ids[row, : len(i)], labels[row, : len(l)], mask[row, : len(i)] = torch.tensor(i), torch.tensor(l), 1
+    for row, (tokens, targets) in enumerate(examples):
+        ids[row, : len(tokens)], mask[row, : len(tokens)] = torch.tensor(tokens), 1
+        labels[row, : len(targets)] = torch.tensor(targets)
     return {"input_ids": ids, "attention_mask": mask, "labels": labels}
 
 
@@ -61,11 +63,13 @@ def train_prm(args) -> None:
     train_problems = task.make_split("train", seed=0)
     pools = {}
     for role, offset, count in (("weak", 0, args.weak_samples), ("strong", args.weak_samples, args.strong_samples)):
-        generator = TransformersGenerator(DEFAULT_DIR / role, sampling=SAMPLING[role], name=f"testbed-{role}", seed=args.seed, device="cpu")
+        generator = TransformersGenerator(DATA_DIR / role, sampling=SAMPLING[role], name=f"testbed-{role}",
+                                          seed=args.seed, device="cpu")
         pools[role] = sample_solutions(generator, train_problems[offset: offset + count], seed=args.seed)
         print(f"sampled {count} {role} solutions in {time.time() - start:.0f} s", flush=True)
     sampled = [(s.problem.question, s.steps, s.on_track) for pool in pools.values() for s in pool]
-    weak = TransformersGenerator(DEFAULT_DIR / "weak", sampling=SAMPLING["weak"], name="testbed-weak", seed=args.seed, device="cpu")
+    weak = TransformersGenerator(DATA_DIR / "weak", sampling=SAMPLING["weak"], name="testbed-weak", seed=args.seed,
+                                 device="cpu")
     held_out = sample_solutions(weak, task.make_split("validation", size=300), seed=args.seed)
     sampling_time = time.time() - start
 
@@ -74,11 +78,11 @@ def train_prm(args) -> None:
     else:
         # As real PRMs start from a language model (Qwen2.5-Math-PRM from Qwen2.5-Math-Instruct): the
         # backbone already knows the arithmetic, only the judging head and the fine-tuning are new.
-        model = LlamaForTokenClassification.from_pretrained(DEFAULT_DIR / args.init, num_labels=2)
+        model = LlamaForTokenClassification.from_pretrained(DATA_DIR / args.init, num_labels=2)
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.01, betas=(0.9, 0.98))
     rng = np.random.default_rng([args.seed, 11])
     demos = length_bucketed(task.iter_problems(args.seed + 1), args.batch_size // 2, rng)
-    out = Path(args.out or DEFAULT_DIR / "prm")
+    out = Path(args.out or DATA_DIR / "prm")
     history = []
     for step in range(args.steps):
         for group in optimizer.param_groups:
@@ -99,8 +103,10 @@ def train_prm(args) -> None:
             model.save_pretrained(checkpoint)
             tokenizer.save_pretrained(checkpoint)
             table = prm_step_table(StepTagPRM(checkpoint, device="cpu"), held_out)
-            history.append({"step": step + 1, "loss": round(loss.item(), 4), "minutes": round((time.time() - start) / 60, 1),
-                            "validation_auroc": round(auroc(table["score"].to_numpy(), table["on_track"].to_numpy()), 4)})
+            validation_auroc = auroc(table["score"].to_numpy(), table["on_track"].to_numpy())
+            history.append({"step": step + 1, "loss": round(loss.item(), 4),
+                            "minutes": round((time.time() - start) / 60, 1),
+                            "validation_auroc": round(validation_auroc, 4)})
             print(json.dumps(history[-1]), flush=True)
     # Real PRMs are good but imperfect; pick the checkpoint whose validation AUROC is nearest the target
     # (validation problems, never test), so the book's PRM is as noisy as the real one is.
@@ -108,7 +114,7 @@ def train_prm(args) -> None:
     shutil.copytree(out / "checkpoints" / f"step-{chosen['step']}", out, dirs_exist_ok=True)
     shutil.rmtree(out / "checkpoints")
     (out / "training.json").write_text(json.dumps({
-        "command": " ".join(["python -m trim.testbed.train"] + sys.argv[1:]), "seed": args.seed,
+        "command": command_line(), "seed": args.seed,
         "role": "prm", "initialised_from": args.init, "parameters": sum(p.numel() for p in model.parameters()),
         "labels": "on-track: steps 1..t all exactly correct", "steps_planned": args.steps,
         "selected_step": chosen["step"], "selection": f"validation AUROC nearest {args.target_auroc}",

@@ -23,7 +23,7 @@ slips that cancel, as rare as they are in real maths. Small tables keep the
 arithmetic learnable by CPU-sized models in minutes. The *demonstrations* a model is trained on contain
 human-like slips (a dropped carry, an off-by-one digit, a misread operand) at a per-type rate; a model
 trained on them reproduces that fallibility when sampled, which is how the weak/strong pair is
-calibrated to the real Qwen2.5 pair (DESIGN.md section 3).
+calibrated to the real Qwen2.5 pair (`trim testbed report` measures it).
 """
 
 from __future__ import annotations
@@ -35,8 +35,9 @@ from typing import Iterator, Sequence
 
 import numpy as np
 
+from trim.protocols import STEP_DELIMITER
+
 MODULUS = 11
-STEP_DELIMITER = "\n\n"
 
 # Step types, easiest first. `word` is how the question names the operation, `symbol` how a step writes it.
 OP_TYPES = ("double", "add", "minus", "times", "cube")
@@ -54,11 +55,12 @@ class Teacher:
     (0.866), the strong teacher's near the real strong model's (0.970). The rates sit above those
     targets because a trained model slips about a quarter less often than its teacher: after a slip
     the teacher makes no other, and a model that cannot always tell a slipped prefix from a clean one
-    learns a blend of the two rates (measured: teacher 0.849 -> model 0.888 next-step accuracy). Both teachers *overshoot* (+1, +2): their slips compound instead of cancelling,
-    so a solution with a wrong step almost never ends right, as in real maths (a symmetric +-1 would let
-    a later slip undo an earlier one one time in four). For the same reason they slip at most once per
-    solution (`max_slips`): with only 11 values, a second slip would land back on the right value one
-    time in ten, far more often than real errors cancel, and TRIM is about the *first* error anyway."""
+    learns a blend of the two rates (measured: teacher 0.849 -> model 0.888 next-step accuracy). Both
+    teachers *overshoot* (+1, +2): their slips compound instead of cancelling, so a solution with a
+    wrong step almost never ends right, as in real maths (a symmetric +-1 would let a later slip undo an
+    earlier one one time in four). For the same reason they slip at most once per solution
+    (`max_slips`): with only 11 values, a second slip would land back on the right value one time in ten,
+    far more often than real errors cancel, and TRIM is about the *first* error anyway."""
 
     slip_rates: dict
     offsets: tuple[int, ...]
@@ -66,8 +68,10 @@ class Teacher:
     max_slips: int | None = None
 
 
-WEAK_TEACHER = Teacher({"double": 0.06, "add": 0.135, "minus": 0.19, "times": 0.27, "cube": 0.36}, (1, 2), (1,), max_slips=1)
-STRONG_TEACHER = Teacher({"double": 0.006, "add": 0.012, "minus": 0.018, "times": 0.024, "cube": 0.03}, (1, 2), (1,), max_slips=1)
+WEAK_TEACHER = Teacher({"double": 0.06, "add": 0.135, "minus": 0.19, "times": 0.27, "cube": 0.36},
+                       (1, 2), (1,), max_slips=1)
+STRONG_TEACHER = Teacher({"double": 0.006, "add": 0.012, "minus": 0.018, "times": 0.024, "cube": 0.03},
+                         (1, 2), (1,), max_slips=1)
 
 SPLITS = {
     # name: (seed offset, number of problems, chain lengths, op-type weights)
@@ -202,7 +206,8 @@ def _earlier_questions(name: str, seed: int) -> frozenset:
     return frozenset(p.question for split in earlier for p in make_split(split, seed))
 
 
-def _slip(rng: np.random.Generator, problem: ChainProblem, index: int, value: int, teacher: Teacher) -> tuple[int, int | None]:
+def _slip(rng: np.random.Generator, problem: ChainProblem, index: int, value: int,
+          teacher: Teacher) -> tuple[int, int | None]:
     """A human-like wrong step: a miscalculated result, or a misread operand (then computed right)."""
     op = problem.operations[index]
     correct = op.apply(value)

@@ -13,9 +13,11 @@ from typing import Iterable
 from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerFast
 
+from trim.backends.prompts import PRM_STEP_TAG
+
 BOS, EOS, PAD = "<|bos|>", "<|endoftext|>", "<|pad|>"
 USER, ASSISTANT = "<|user|>", "<|assistant|>"
-STEP_TAG = "<extra_0>"
+STEP_TAG = PRM_STEP_TAG
 SPECIAL_TOKENS = [PAD, BOS, EOS, USER, ASSISTANT, STEP_TAG]
 
 CHAT_TEMPLATE = (

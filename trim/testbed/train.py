@@ -15,53 +15,31 @@ import argparse
 import dataclasses
 import json
 import math
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
-from transformers import LlamaConfig, LlamaForCausalLM, LlamaForTokenClassification, PreTrainedTokenizerFast
+from transformers import LlamaForCausalLM, PreTrainedTokenizerFast
 
-from trim.testbed import task
+from trim.protocols import STEP_DELIMITER
+from trim.testbed import DATA_DIR, task
+from trim.testbed.prm_training import train_prm
 from trim.testbed.tokenizer import build_tokenizer
+from trim.testbed.training import command_line, cosine_lr, length_bucketed, llama_config, write_record
 
-DEFAULT_DIR = Path(__file__).resolve().parents[2] / "data" / "testbed"
-
-# Sizes: the strong model is wider and deeper than the weak one, as Qwen2.5-7B is to 1.5B.
-MODEL_SIZES = {
-    "weak": dict(hidden_size=128, intermediate_size=384, num_hidden_layers=4, num_attention_heads=4),
-    "strong": dict(hidden_size=144, intermediate_size=432, num_hidden_layers=5, num_attention_heads=4),
-    "prm": dict(hidden_size=128, intermediate_size=384, num_hidden_layers=4, num_attention_heads=4),
-}
 TEACHERS = {"weak": task.WEAK_TEACHER, "strong": task.STRONG_TEACHER}
-MAX_POSITIONS = 320
 # The slips in the tokenizer's training corpus: the first weak teacher's, kept so that the shipped
 # tokenizer is reproduced byte for byte (BPE merge order follows corpus counts).
 TOKENIZER_CORPUS_TEACHER = task.Teacher({"double": 0.03, "add": 0.07, "minus": 0.10, "times": 0.15, "cube": 0.20},
                                         (-1, 1, -2, 2), (-1, 1))
 
 
-def llama_config(role: str, tokenizer: PreTrainedTokenizerFast, **extra) -> LlamaConfig:
-    size = MODEL_SIZES[role]
-    return LlamaConfig(
-        vocab_size=len(tokenizer),
-        num_key_value_heads=size["num_attention_heads"],
-        max_position_embeddings=MAX_POSITIONS,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-        tie_word_embeddings=True,
-        **size,
-        **extra,
-    )
-
-
 def training_text(tokenizer, question: str, steps: list[str]) -> tuple[str, str]:
     """(prompt, completion) exactly as the chat template renders a continued assistant turn."""
     prompt = tokenizer.apply_chat_template([{"role": "user", "content": question}], tokenize=False,
                                            add_generation_prompt=True)
-    return prompt, task.STEP_DELIMITER.join(steps) + tokenizer.eos_token
+    return prompt, STEP_DELIMITER.join(steps) + tokenizer.eos_token
 
 
 def lm_batch(tokenizer, examples: list[tuple[str, str]]) -> dict[str, torch.Tensor]:
@@ -86,7 +64,7 @@ def expected_step_accuracy(model, tokenizer, problems, temperature: float = 1.0)
     Correctness is exact match, so this teacher-forced product of token probabilities (terminator
     included) *is* the next-step accuracy of pure sampling, computed without sampling noise."""
     model.eval()
-    delimiter = tokenizer.convert_tokens_to_ids(tokenizer.tokenize(task.STEP_DELIMITER))[0]
+    delimiter = tokenizer.convert_tokens_to_ids(tokenizer.tokenize(STEP_DELIMITER))[0]
     stops = {delimiter, tokenizer.eos_token_id}
     per_type: dict[str, list[float]] = {op: [] for op in task.OP_TYPES}
     for start in range(0, len(problems), 64):
@@ -109,36 +87,16 @@ def expected_step_accuracy(model, tokenizer, problems, temperature: float = 1.0)
     return result
 
 
-def length_bucketed(stream, batch_size: int, rng: np.random.Generator, pool_batches: int = 8):
-    """Batches of similar chain length (padding costs as much CPU as real tokens), in random order."""
-    while True:
-        pool = sorted((next(stream) for _ in range(batch_size * pool_batches)), key=lambda p: len(p.operations))
-        chunks = [pool[i: i + batch_size] for i in range(0, len(pool), batch_size)]
-        for index in rng.permutation(len(chunks)):
-            yield chunks[index]
-
-
-def _write_record(out: Path, record: dict) -> None:
-    (out / "training.json").write_text(json.dumps(record, indent=2) + "\n")
-
-
-def cosine_lr(step: int, total: int, peak: float, warmup: int = 200) -> float:
-    if step < warmup:
-        return peak * (step + 1) / warmup
-    progress = (step - warmup) / max(1, total - warmup)
-    return peak * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
-
-
 def train_tokenizer(args) -> None:
     start = time.time()
     rng = np.random.default_rng(args.seed)
     problems = task.make_split("train", seed=args.seed)
     corpus = [p.question for p in problems]
-    corpus += [task.STEP_DELIMITER.join(task.demonstration(p, rng, TOKENIZER_CORPUS_TEACHER)[0]) for p in problems]
+    corpus += [STEP_DELIMITER.join(task.demonstration(p, rng, TOKENIZER_CORPUS_TEACHER)[0]) for p in problems]
     tokenizer = build_tokenizer(corpus)
-    out = Path(args.out or DEFAULT_DIR / "tokenizer")
+    out = Path(args.out or DATA_DIR / "tokenizer")
     tokenizer.save_pretrained(out)
-    _write_record(out, {"command": " ".join(["python -m trim.testbed.train"] + sys.argv[1:]), "seed": args.seed, "corpus_texts": len(corpus),
+    write_record(out, {"command": command_line(), "seed": args.seed, "corpus_texts": len(corpus),
                         "vocab_size": len(tokenizer), "wall_time_s": round(time.time() - start, 1)})
     print(f"tokenizer with {len(tokenizer)} tokens -> {out}")
 
@@ -148,7 +106,7 @@ def train_lm(args) -> None:
     torch.set_num_threads(args.threads)
     tokenizer = PreTrainedTokenizerFast.from_pretrained(args.tokenizer)
     model = LlamaForCausalLM(llama_config(args.role, tokenizer))
-    out = Path(args.out or DEFAULT_DIR / args.role)
+    out = Path(args.out or DATA_DIR / args.role)
     rng = np.random.default_rng([args.seed, 7])
     stream = task.iter_problems(args.seed)
     validation = task.make_split("validation", size=256)
@@ -170,15 +128,17 @@ def train_lm(args) -> None:
         if (step + 1) % args.eval_every == 0 or step + 1 == args.steps:
             acc = expected_step_accuracy(model, tokenizer, validation)
             history.append({"step": step + 1, "loss": round(loss.item(), 4),
-                            "minutes": round((time.time() - start) / 60, 1), **{k: round(v, 4) for k, v in acc.items()}})
+                            "minutes": round((time.time() - start) / 60, 1),
+                            **{k: round(v, 4) for k, v in acc.items()}})
             print(json.dumps(history[-1]), flush=True)
             model.save_pretrained(out)
             tokenizer.save_pretrained(out)
-            _write_record(out, {
-                "command": " ".join(["python -m trim.testbed.train"] + sys.argv[1:]), "seed": args.seed,
+            write_record(out, {
+                "command": command_line(), "seed": args.seed,
                 "role": args.role, "parameters": sum(p.numel() for p in model.parameters()),
                 "steps_done": step + 1, "steps_planned": args.steps, "batch_size": args.batch_size,
-                "training_problems_seen": (step + 1) * args.batch_size, "teacher": dataclasses.asdict(TEACHERS[args.role]),
+                "training_problems_seen": (step + 1) * args.batch_size,
+                "teacher": dataclasses.asdict(TEACHERS[args.role]),
                 "wall_time_s": round(time.time() - start, 1), "threads": args.threads, "history": history})
 
 
@@ -200,7 +160,7 @@ def main(argv=None) -> None:
     p_prm.add_argument("--weak-samples", type=int, default=2000, help="weak solutions sampled for PRM data")
     p_prm.add_argument("--strong-samples", type=int, default=700, help="strong solutions sampled for PRM data")
     for p in (p_lm, p_prm):
-        p.add_argument("--tokenizer", default=str(DEFAULT_DIR / "tokenizer"), help="tokenizer directory")
+        p.add_argument("--tokenizer", default=str(DATA_DIR / "tokenizer"), help="tokenizer directory")
         p.add_argument("--steps", type=int, default=3000, help="optimizer steps")
         p.add_argument("--batch-size", type=int, default=64, help="sequences per step")
         p.add_argument("--lr", type=float, default=2e-3, help="peak learning rate (cosine schedule)")
@@ -212,7 +172,6 @@ def main(argv=None) -> None:
     elif args.what == "lm":
         train_lm(args)
     else:
-        from trim.testbed.prm_training import train_prm
         train_prm(args)
 
 

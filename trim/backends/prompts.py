@@ -1,0 +1,38 @@
+"""Prompt rendering shared by every backend: the generator's continued assistant turn and the PRM's input.
+
+Rendering happens here, with the model's own chat template, so that a transformers model, a vLLM
+engine and an OpenAI-compatible server (completions endpoint) all see the same text."""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+from trim.protocols import STEP_DELIMITER
+
+# Qwen2.5-Math's system prompt; real-model presets pass it as `system_prompt`. The testbed's models
+# were trained without one.
+DEFAULT_INSTRUCTION = "Please reason step by step, and put your final answer within \\boxed{}."
+
+# Qwen2.5-Math-PRM's step separator; the testbed PRM uses the same token.
+PRM_STEP_TAG = "<extra_0>"
+
+
+def _messages(question: str, system: str | None) -> list[dict]:
+    return ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": question}]
+
+
+def chat_prompt(tokenizer, question: str, steps: Sequence[str], system: str | None = None) -> str:
+    """The prompt that continues the assistant turn after the accepted steps (`continue_final_message`)."""
+    messages = _messages(question, system)
+    if not steps:
+        return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    messages.append({"role": "assistant", "content": STEP_DELIMITER.join(steps) + STEP_DELIMITER})
+    return tokenizer.apply_chat_template(messages, tokenize=False, continue_final_message=True)
+
+
+def prm_text(tokenizer, question: str, steps: Sequence[str], step_tag: str = PRM_STEP_TAG,
+             system: str | None = None) -> str:
+    """The PRM's input: every step followed by the step tag, in the assistant turn (Qwen2.5-Math-PRM)."""
+    messages = _messages(question, system)
+    messages.append({"role": "assistant", "content": "".join(s + step_tag for s in steps)})
+    return tokenizer.apply_chat_template(messages, tokenize=False, continue_final_message=True)

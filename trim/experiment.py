@@ -1,0 +1,53 @@
+"""The experiment object: one weak/strong/PRM trio behind shared caches, over any list of problems.
+
+Every policy run through one `Harness` reuses every step and score another run already produced, and
+writes its traces (resumable) under one folder; `endpoints` gives the weak-only and strong-only
+results every metric is measured against."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+import pandas as pd
+
+from trim.cache import CachedGenerator, CachedPRM
+from trim.engine import RunSettings, run_policy
+from trim.metrics import Endpoints, summarize
+from trim.policies import Policy, StrongOnly, WeakOnly
+
+
+class Harness:
+    """The models of one experiment behind shared caches, plus the endpoints every metric needs."""
+
+    def __init__(self, weak, strong, prm, run: RunSettings = RunSettings(), trace_dir: str | Path | None = None,
+                 progress: bool | None = None):
+        self.weak, self.strong, self.prm = CachedGenerator(weak), CachedGenerator(strong), CachedPRM(prm)
+        self.run_settings, self.progress = run, progress
+        self.trace_dir = Path(trace_dir) if trace_dir else None
+
+    def trace_path(self, policy: Policy, tag: str = "") -> Path | None:
+        if self.trace_dir is None:
+            return None
+        safe = "".join(c if c.isalnum() or c in "-_.=" else "_" for c in policy.name)
+        return self.trace_dir / f"{safe}{tag}.jsonl"
+
+    def run(self, problems: Sequence, policy: Policy, tag: str = "") -> list[dict]:
+        return run_policy(problems, policy, self.weak, self.strong, self.prm, self.run_settings,
+                          trace_path=self.trace_path(policy, tag), progress=self.progress)
+
+    def endpoints(self, problems: Sequence) -> tuple[Endpoints, dict, dict]:
+        weak = summarize(self.run(problems, WeakOnly()))
+        strong = summarize(self.run(problems, StrongOnly()))
+        return Endpoints(weak["accuracy"], strong["accuracy"], strong["strong_tokens"]), weak, strong
+
+    def sweep(self, problems: Sequence, policies: Sequence[Policy]) -> pd.DataFrame:
+        """One row per policy: its knob values and its summary (accuracy, tokens, ...)."""
+        rows = []
+        for policy in policies:
+            rows.append({"policy": policy.name, **policy.params(), **summarize(self.run(problems, policy))})
+        return pd.DataFrame(rows)
+
+    def cache_report(self) -> str:
+        return (f"cache: weak {self.weak.hits} hits / {self.weak.misses} misses, strong {self.strong.hits} / "
+                f"{self.strong.misses}, PRM {self.prm.hits} / {self.prm.misses}")

@@ -1,0 +1,65 @@
+"""Fixed routing rules: the endpoints, TRIM-Thr, RSD and the random control."""
+
+from __future__ import annotations
+
+from trim.hashing import join_key, stable_uniform
+from trim.policies.base import Observation, Policy
+
+
+class WeakOnly(Policy):
+    name = "weak-only"
+    uses_prm = False
+
+    def regenerate(self, observation: Observation) -> bool:
+        return False
+
+
+class StrongOnly(Policy):
+    """The strong model writes every step; nothing is proposed by the weak model."""
+
+    name = "strong-only"
+    uses_weak = False
+    uses_prm = False
+
+    def regenerate(self, observation: Observation) -> bool:
+        return True
+
+
+class Threshold(Policy):
+    """TRIM-Thr: regenerate iff r_t < k. k = 0 is weak-only, k = 1 regenerates every step."""
+
+    def __init__(self, k: float, name: str | None = None):
+        if not 0.0 <= k <= 1.0:
+            raise ValueError(f"threshold k must be in [0, 1], got {k}")
+        self.k = float(k)
+        self.name = name or f"TRIM-Thr(k={self.k:g})"
+
+    def regenerate(self, observation: Observation) -> bool:
+        return observation.score < self.k
+
+    def params(self) -> dict:
+        return {"k": self.k}
+
+
+def RSD(k: float = 0.7) -> Threshold:
+    """Reward-guided speculative decoding (Liao et al. 2025): TRIM-Thr with its fixed k = 0.7."""
+    return Threshold(k, name="RSD")
+
+
+class RandomRegeneration(Policy):
+    """Regenerate each step with probability `rate`, ignoring the PRM: the control that shows what
+    the PRM's targeting is worth at a matched regeneration rate. Deterministic per (seed, problem, step)."""
+
+    uses_prm = False
+
+    def __init__(self, rate: float, seed: int = 0):
+        if not 0.0 <= rate <= 1.0:
+            raise ValueError(f"rate must be in [0, 1], got {rate}")
+        self.rate, self.seed = float(rate), seed
+        self.name = f"random(rate={self.rate:.3g})"
+
+    def regenerate(self, observation: Observation) -> bool:
+        return stable_uniform(join_key(self.seed, observation.problem_id, observation.step_index)) < self.rate
+
+    def params(self) -> dict:
+        return {"rate": self.rate, "seed": self.seed}
