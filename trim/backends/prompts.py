@@ -5,6 +5,8 @@ engine and an OpenAI-compatible server (completions endpoint) all see the same t
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
 from typing import Sequence
 
 from trim.protocols import STEP_DELIMITER
@@ -36,3 +38,17 @@ def prm_text(tokenizer, question: str, steps: Sequence[str], step_tag: str = PRM
     messages = _messages(question, system)
     messages.append({"role": "assistant", "content": "".join(s + step_tag for s in steps)})
     return tokenizer.apply_chat_template(messages, tokenize=False, continue_final_message=True)
+
+
+def load_tokenizer(source: str | Path):
+    """The tokenizer saved with a model (a directory or a hub id), as it was saved.
+
+    transformers 5 (which vLLM needs) maps a generic saved fast tokenizer to the architecture's own
+    class, whose pre-tokenizer can differ from the saved one (the testbed's splits digits differently),
+    so a saved `PreTrainedTokenizerFast` is loaded as that class; everything else through AutoTokenizer."""
+    from transformers import AutoTokenizer, PreTrainedTokenizerFast
+
+    config = Path(str(source)) / "tokenizer_config.json"
+    if config.is_file() and json.loads(config.read_text()).get("tokenizer_class") == "PreTrainedTokenizerFast":
+        return PreTrainedTokenizerFast.from_pretrained(str(source))
+    return AutoTokenizer.from_pretrained(str(source))

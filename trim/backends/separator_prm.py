@@ -1,0 +1,70 @@
+"""PRMs trained with TRL's `PRMTrainer` (e.g. HuggingFaceH4/Qwen2.5-Math-1.5B-Instruct-PRM-0.2).
+
+Their interface differs from Qwen2.5-Math-PRM's: no chat template and no special tag. TRL's trainer
+tokenises the question (after the BOS token, if the tokenizer has one), then every step followed by a
+separator ("\\n" by default), and trains a two-label token classifier on the *last token of each step's
+separator*. Scoring must rebuild exactly those token ids; P(correct) is the softmax of label 1 there."""
+
+from __future__ import annotations
+
+import math
+import warnings
+from pathlib import Path
+from typing import Sequence
+
+import torch
+
+
+class SeparatorPRM:
+    """A TRL-format step PRM on transformers: one score per step, read at the end of its separator."""
+
+    def __init__(self, model: str | Path, name: str | None = None, separator: str = "\n", device: str | None = None,
+                 dtype: torch.dtype | None = None, max_length: int = 4096, batch_size: int = 16):
+        from transformers import AutoModelForTokenClassification
+
+        from trim.backends.prompts import load_tokenizer
+
+        self.name = name or Path(str(model)).name
+        self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        self.tokenizer = load_tokenizer(model)
+        self.model = AutoModelForTokenClassification.from_pretrained(str(model), torch_dtype=dtype).to(self.device)
+        self.model.eval()
+        if self.model.config.num_labels != 2:
+            raise ValueError(f"PRM {model}: expected a two-label token classifier, found "
+                             f"{self.model.config.num_labels} labels")
+        self.separator_ids = self.tokenizer.encode(separator, add_special_tokens=False)
+        self.max_length, self.batch_size = max_length, batch_size
+
+    def encode(self, question: str, steps: Sequence[str]) -> tuple[list[int], list[int]]:
+        """Token ids as TRL's trainer built them, and the position scored for each step."""
+        encode = self.tokenizer.encode
+        ids = ([self.tokenizer.bos_token_id] if self.tokenizer.bos_token_id is not None else [])
+        ids += encode(question, add_special_tokens=False)
+        positions = []
+        for step in steps:
+            ids += encode(step, add_special_tokens=False) + self.separator_ids
+            positions.append(len(ids) - 1)
+        return ids, positions
+
+    @torch.inference_mode()
+    def score(self, questions: Sequence[str], steps: Sequence[Sequence[str]]) -> list[list[float]]:
+        result = []
+        for start in range(0, len(questions), self.batch_size):
+            rows = [self.encode(q, s) for q, s in zip(questions[start: start + self.batch_size],
+                                                       steps[start: start + self.batch_size])]
+            over = sum(len(ids) > self.max_length for ids, _ in rows)
+            if over:
+                warnings.warn(f"{self.name}: {over} inputs exceed {self.max_length} tokens; their earliest tokens "
+                              "are dropped and steps that fall off score NaN", stacklevel=2)
+            width = min(self.max_length, max(len(ids) for ids, _ in rows))
+            pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
+            batch = torch.full((len(rows), width), pad, device=self.device)
+            mask = torch.zeros_like(batch)
+            for row, (ids, _) in enumerate(rows):  # left truncation, right padding
+                kept = ids[-width:]
+                batch[row, : len(kept)], mask[row, : len(kept)] = torch.tensor(kept), 1
+            probabilities = torch.softmax(self.model(input_ids=batch, attention_mask=mask).logits.float(), -1)[..., 1]
+            for row, (ids, positions) in enumerate(rows):
+                shift = max(0, len(ids) - width)
+                result.append([probabilities[row, p - shift].item() if p >= shift else math.nan for p in positions])
+        return result
