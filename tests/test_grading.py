@@ -1,33 +1,26 @@
-"""Tests for trim.grading: extraction, equivalence verdicts, time limits, concurrency, MATH-500."""
+"""Tests for trim.grading: extraction, equivalence verdicts, statuses, concurrency, MATH-500.
+
+The hand-written format cases and their report are in test_grading_cases.py, the hard
+time limit and the worker processes in test_grading_limits.py, and every benchmark
+gold against itself in test_grading_benchmarks.py.
+"""
 
 from __future__ import annotations
 
 import concurrent.futures
 import json
 import multiprocessing
-import os
-import time
-from pathlib import Path
 
 import pytest
 
 from trim import grading
+from trim.data import SHIPPED_DIR
 from trim.grading import extract_answer, grade, grade_many, grading_stats, is_equivalent, reset_grading_stats
 
 
-def data_dir() -> Path:
-    """``$TRIM_DATA_DIR``, else ``<repo>/../shared/data``. Missing data fails loudly, never skips."""
-    default = Path(__file__).resolve().parents[1].parent / "shared" / "data"
-    path = Path(os.environ.get("TRIM_DATA_DIR", default))
-    if not path.is_dir():
-        pytest.fail(f"data directory {path} does not exist; set TRIM_DATA_DIR=/path/to/shared/data")
-    return path
-
-
 def math500_rows() -> list[dict]:
-    path = data_dir() / "math500" / "test.jsonl"
-    if not path.is_file():
-        pytest.fail(f"{path} is missing; set TRIM_DATA_DIR to a directory holding math500/test.jsonl")
+    """The raw MATH-500 rows (gold solution and answer), from the copy shipped in data/benchmarks."""
+    path = SHIPPED_DIR / "math500" / "test.jsonl"
     with path.open() as f:
         return [json.loads(line) for line in f if line.strip()]
 
@@ -35,13 +28,12 @@ def math500_rows() -> list[dict]:
 def test_math500_gold_answer_matches_boxed_solution():
     rows = math500_rows()
     assert len(rows) == 500
-    grades = grade_many([r["answer"] for r in rows], [r["solution"] for r in rows], workers=2)
+    grades = grade_many([r["answer"] for r in rows], [r["solution"] for r in rows], workers=2, timeout=60)
     bad = [(r["unique_id"], r["answer"], g.extracted, g.status) for r, g in zip(rows, grades) if not g.correct]
     for uid, gold, extracted, status in bad:
         print(f"DISAGREE {uid}: gold={gold!r} extracted={extracted!r} status={status}")
-    rate = 1 - len(bad) / len(rows)
-    print(f"MATH-500 gold vs extract_answer(solution) agreement: {rate:.1%} ({len(rows) - len(bad)}/{len(rows)})")
-    assert rate >= 0.99
+    print(f"MATH-500 gold vs extract_answer(solution): {len(rows) - len(bad)}/{len(rows)}")
+    assert bad == []
 
 
 # (gold, prediction, mathematically correct verdict)
@@ -128,7 +120,7 @@ CASES = [
 
 @pytest.mark.parametrize(("gold", "prediction", "expected"), CASES)
 def test_is_equivalent(gold, prediction, expected):
-    assert is_equivalent(gold, prediction) is expected
+    assert is_equivalent(gold, prediction, timeout=60) is expected  # the verdict, not the speed
 
 
 @pytest.mark.parametrize(
@@ -141,6 +133,21 @@ def test_is_equivalent(gold, prediction, expected):
         (r"hence $\boxed 5$", "5"),
         (r"\fbox{7}", "7"),
         (r"\boxed{1} and a broken \boxed{2", "1"),
+        (r"so \boxed{5}. Final answer: \boxed{}", "5"),  # an empty box after the real one
+        (r"\boxed{\{1,2\}}", r"\{1,2\}"),  # \{ \} are set braces, not groups
+        ("Work.\n#### 42", "42"),
+        ("#### $1,200", "1,200"),
+        ("The answer is $\\$260$.", "\\$260"),
+        ("The answer is $260.", "260"),
+        ("The answer is 1200 dollars.", "1200"),
+        ("The answer is 12, which is even.", "12"),
+        ("The answer is 12 (since 3 * 4 = 12).", "12"),
+        ("The answer is 16. Note: a common wrong answer is 15.", "16"),
+        ("The answer is not 15. The answer is 16.", "16"),
+        ("Final Answer: The final answer is $\\frac{1}{2}$. I hope it is correct.", "\\frac{1}{2}"),
+        ("The final answer is 7. Check: the answer is 7.", "7"),
+        ("The answers are 3 and 5.", "3 and 5"),
+        ("The answer is 5 or 6.", "5 or 6"),  # a hedge stays a hedge (and is judged wrong)
         ("The answer is 42.", "42"),
         (r"Thus the final answer is $\frac{3}{4}$.", r"\frac{3}{4}"),
         ("Answer: 12", "12"),
@@ -159,9 +166,9 @@ def test_extract_answer(solution, expected):
 def test_grade_statuses_and_stats():
     reset_grading_stats()
     assert grade("5", r"so \boxed{5}") == grading.Grade("5", True, "correct")
-    assert grade("5", r"so \boxed{6}").status == "wrong"
+    assert grade("5", r"so \boxed{6}", timeout=60).status == "wrong"
     assert grade("5", "I give up").status == "no_answer"
-    assert grade("5", r"\boxed{\text{cannot tell}}").status in {"wrong", "parse_error"}
+    assert grade("5", r"\boxed{\text{cannot tell}}", timeout=60).status in {"wrong", "parse_error"}
     stats = grading_stats()
     assert stats["correct"] == 1 and stats["wrong"] + stats["parse_error"] == 2 and stats["no_answer"] == 1
     stats["correct"] += 100  # a copy: mutating it leaves the module counter alone
@@ -170,22 +177,19 @@ def test_grade_statuses_and_stats():
     assert sum(grading_stats().values()) == 0
 
 
-def test_internal_error_is_parse_error_not_crash(monkeypatch):
-    def boom(gold, pred):
-        raise RuntimeError("sympy exploded")
+def test_judge_never_raises_on_odd_input():
+    """The worker-side judge, run here in-process: odd but short answers get a status, never an exception."""
+    for gold, pred in [("1", "\\frac{1}{0}"), ("1", "zoo"), ("1", "\\infty - \\infty"), ("\\infty", "oo"),
+                       ("1", "\\sqrt{-1}"), ("x", "\\frac{x}{x}"), ("1", "\\begin{pmatrix}"), ("1", "}{"),
+                       ("1", "\\"), ("1", "^"), ("1", "\\text{}"), ("\\$", "$")]:
+        assert grading._verify_pair(gold, pred) in {"correct", "wrong", "parse_error"}, (gold, pred)
 
-    monkeypatch.setattr(grading, "_verify_pair", boom)
-    assert grade("1", r"\boxed{1}").status == "parse_error"
 
-
-def test_hard_time_limit(monkeypatch):
-    monkeypatch.setattr(grading, "_verify_pair", lambda gold, pred: time.sleep(3) or "correct")
-    limit = 0.25
-    start = time.monotonic()
-    result = grade("1", r"\boxed{1}", timeout=limit)
-    elapsed = time.monotonic() - start
-    assert result.status == "timeout" and not result.correct
-    assert elapsed < 2 * limit, elapsed
+def test_statuses_without_a_worker():
+    assert grading._judge_pairs(["1", None, "", "2"], [None, "1", "1", "  "], timeout=1) == [
+        "no_answer", "parse_error", "parse_error", "no_answer"]
+    with pytest.raises(ValueError, match="timeout"):
+        grade("1", "\\boxed{1}", timeout=0)
 
 
 def test_eight_threads_concurrently():
@@ -200,7 +204,7 @@ def test_eight_threads_concurrently():
 def test_process_pool_spawn():
     golds, preds = ["1/2", "(1,2)", "3"], ["0.5", "(2,1)", r"\boxed{3}"]
     with concurrent.futures.ProcessPoolExecutor(2, mp_context=multiprocessing.get_context("spawn")) as ex:
-        assert list(ex.map(is_equivalent, golds, preds)) == [True, False, True]
+        assert list(ex.map(is_equivalent, golds, preds, [60] * 3)) == [True, False, True]
         assert [g.status for g in ex.map(grade, golds, [rf"\boxed{{{p}}}" for p in preds])] == [
             "correct", "wrong", "correct"]
 
@@ -209,6 +213,7 @@ def test_grade_many_preserves_order_and_counts():
     reset_grading_stats()
     golds = ["1", "2", "3", "4"]
     sols = [r"\boxed{1}", r"\boxed{5}", "nothing", r"\boxed{4}"]
-    for kwargs in ({"workers": 1}, {"workers": 4, "use_threads": True}):
-        assert [g.status for g in grade_many(golds, sols, **kwargs)] == ["correct", "wrong", "no_answer", "correct"]
+    for kwargs in ({"workers": 1}, {"workers": 4, "use_threads": True}):  # use_threads: accepted, ignored
+        assert [g.status for g in grade_many(golds, sols, timeout=60, **kwargs)] == [
+            "correct", "wrong", "no_answer", "correct"]
     assert grading_stats() == {"correct": 4, "wrong": 2, "no_answer": 2}
