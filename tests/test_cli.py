@@ -1,6 +1,8 @@
 """The `trim` command end to end on a few testbed problems, and the one-line errors for bad input."""
 
 import json
+import os
+import shutil
 import subprocess
 import sys
 
@@ -104,3 +106,203 @@ def test_console_script_prints_no_traceback(tmp_path):
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert result.stderr.startswith("trim metrics: error:")
+
+
+# --- every error a user can cause: one line through the console script, no traceback -------------------
+
+
+def console(*argv, preexec_fn=None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "trim.cli", *map(str, argv)], capture_output=True, text=True,
+                          timeout=300, preexec_fn=preexec_fn)
+
+
+def assert_one_line_error(result: subprocess.CompletedProcess, *needles: str) -> str:
+    assert result.returncode != 0, result.stdout
+    assert "Traceback" not in result.stderr, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    for needle in needles:
+        assert needle in lines[0], lines[0]
+    return lines[0]
+
+
+def _trace_runs(folder):
+    """Weak-only, strong-only and TRIM-Thr traces of the scripted models (tests/test_engine.py)."""
+    from test_engine import PROBLEMS, KeywordPRM, ScriptedGenerator
+
+    from trim.engine import RunSettings, run_policy
+    from trim.policies import StrongOnly, Threshold, WeakOnly
+
+    weak, strong = ScriptedGenerator("weak", bad_steps={2}, answer="8"), ScriptedGenerator("strong")
+    paths = {}
+    for name, policy, problems, run in [("weak", WeakOnly(), PROBLEMS, RunSettings()),
+                                        ("strong", StrongOnly(), PROBLEMS, RunSettings()),
+                                        ("thr", Threshold(0.5), PROBLEMS, RunSettings()),
+                                        ("thr-seed1", Threshold(0.5), PROBLEMS, RunSettings(seed=1)),
+                                        ("rsd-seed1", Threshold(0.7), PROBLEMS, RunSettings(seed=1)),
+                                        ("strong-3", StrongOnly(), PROBLEMS[:3], RunSettings())]:
+        paths[name] = folder / f"{name}.jsonl"
+        run_policy(problems, policy, weak, strong, KeywordPRM(), run, trace_path=paths[name])
+    return paths
+
+
+@pytest.fixture(scope="module")
+def traces(tmp_path_factory):
+    return _trace_runs(tmp_path_factory.mktemp("traces"))
+
+
+def test_metrics_reads_consistent_runs(traces):
+    result = console("metrics", traces["weak"], traces["strong"], traces["thr"])
+    assert result.returncode == 0 and "TRIM-Thr(k=0.5)" in result.stdout, result.stderr
+
+
+def _metrics_case(traces, tmp_path, case):
+    weak, strong, thr = traces["weak"], traces["strong"], traces["thr"]
+    if case == "duplicate ids":
+        doubled = tmp_path / "doubled.jsonl"
+        doubled.write_text(thr.read_text() + thr.read_text().splitlines(keepends=True)[0])
+        return [weak, strong, doubled], [f"{doubled} holds problem 'p0' 2 times (lines 1, 5)"]
+    if case == "mixed settings":
+        return [weak, strong, traces["thr-seed1"], traces["rsd-seed1"]], [
+            f"{weak} and {traces['thr-seed1']} were run with different settings", f"seed is 0 in {weak}, 1 in"]
+    if case == "endpoints over other problems":
+        return [weak, traces["strong-3"], thr], [f"{weak} and {traces['strong-3']} cover different problems",
+                                                 f"1 only in {weak} (e.g. p3)"]
+    if case == "two runs of one policy":
+        copy = tmp_path / "copy.jsonl"
+        copy.write_text(thr.read_text())
+        return [weak, strong, thr, copy], [f"{thr} and {copy} are both runs of TRIM-Thr(k=0.5)"]
+    if case == "one file twice":
+        return [weak, strong, thr, thr], [f"{thr} is passed twice"]
+    if case == "incomplete run":
+        cut = tmp_path / "cut.jsonl"
+        cut.write_text("".join(thr.read_text().splitlines(keepends=True)[:3]))
+        return [weak, strong, cut], [f"{cut} holds 3 of the 4 problems its run was started on"]
+    if case == "a directory":
+        return [tmp_path], [f"{tmp_path}: is a directory"]
+    if case == "a JSON array":
+        array = tmp_path / "array.jsonl"
+        array.write_text("[1, 2, 3]\n")
+        return [array], [f"{array} is not a trace file (line 1 has no problem_id and settings)"]
+    if case == "a record without its grade":
+        record = json.loads(thr.read_text().splitlines()[0])
+        del record["correct"]
+        lacking = tmp_path / "lacking.jsonl"
+        lacking.write_text(json.dumps(record) + "\n")
+        return [lacking], [f"{lacking}:1 has correct = nothing, not true or false"]
+    if case == "negative tokens":
+        record = json.loads(thr.read_text().splitlines()[0])
+        negative = tmp_path / "negative.jsonl"
+        negative.write_text(json.dumps({**record, "strong_tokens": -4}) + "\n")
+        return [negative], [f"{negative}:1 has strong_tokens = -4, not a number >= 0"]
+    if case == "invalid JSON":
+        bad = tmp_path / "bad.jsonl"
+        bad.write_text(thr.read_text().splitlines(keepends=True)[0] + "{oops}\n" + thr.read_text())
+        return [bad], [f"{bad}:2 is not valid JSON"]
+    if case == "invalid UTF-8":
+        bad = tmp_path / "latin.jsonl"
+        bad.write_bytes(thr.read_bytes().splitlines(keepends=True)[0] + b'{"problem_id": "\xe9"}\n')
+        return [bad], [f"{bad}:2 is not valid UTF-8"]
+    raise AssertionError(case)
+
+
+@pytest.mark.parametrize("case", ["duplicate ids", "mixed settings", "endpoints over other problems",
+                                  "two runs of one policy", "one file twice", "incomplete run", "a directory",
+                                  "a JSON array", "a record without its grade", "negative tokens", "invalid JSON",
+                                  "invalid UTF-8"])
+def test_metrics_refuses_what_it_cannot_measure(traces, tmp_path, case):
+    files, needles = _metrics_case(traces, tmp_path, case)
+    assert_one_line_error(console("metrics", *files), "trim metrics: error:", *needles)
+
+
+def _read_only_dir(tmp_path):
+    folder = tmp_path / "read-only"
+    folder.mkdir()
+    folder.chmod(0o555)
+    if not os.access(folder, os.W_OK):  # not root: permissions hold
+        return folder / "out"
+    for candidate in ("/sys/trim-out", "/proc/trim-out"):  # root ignores permissions: a read-only mount
+        try:
+            os.mkdir(candidate)
+        except OSError:
+            return candidate
+        os.rmdir(candidate)
+    pytest.skip("no read-only place to write to")
+
+
+def _limit_file_size():
+    import resource
+    import signal
+
+    # Writes past 4 KiB fail (EFBIG) instead of killing the process: a disk that is full for this run.
+    resource.setrlimit(resource.RLIMIT_FSIZE, (4096, 4096))
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+
+
+def _models_with(tmp_path, role, make):
+    from trim.testbed import DATA_DIR
+
+    folder = tmp_path / "models"
+    for r in ("weak", "strong", "prm", "tokenizer"):
+        shutil.copytree(DATA_DIR / r, folder / r)
+    make(folder / role)
+    return folder
+
+
+def _corrupt(folder):
+    weights = folder / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:1000])
+
+
+def _causal_lm(folder):
+    from trim.testbed import DATA_DIR
+
+    shutil.rmtree(folder)
+    shutil.copytree(DATA_DIR / "weak", folder)
+
+
+def test_run_errors_are_one_line_before_any_model_loads(tmp_path):
+    few = ["--problems", "2", "--quiet"]
+    a_file = tmp_path / "file"
+    a_file.write_text("x")
+    assert_one_line_error(console("run", *few, "--out", a_file), f"--out {a_file} is a file")
+    below = a_file / "below"
+    assert_one_line_error(console("run", *few, "--out", below), f"--out {below} cannot be written")
+    read_only = _read_only_dir(tmp_path)
+    assert_one_line_error(console("run", *few, "--out", read_only), f"--out {read_only} cannot be written")
+    full = tmp_path / "full"
+    assert_one_line_error(console("run", *few, "--out", full, preexec_fn=_limit_file_size),
+                          f"--out {full} cannot be written (File too large)")
+    assert_one_line_error(console("run", "--random-matched", "-1"), "unrecognized arguments")
+    assert_one_line_error(console("sweep", "--random-matched", "-1"), "must be an integer >= 0, got -1")
+    assert_one_line_error(console("run", "--k", "1.5"), "trim run: error: argument --k: must be between 0 and 1")
+    assert_one_line_error(console("testbed", "report", "--problems", "0"), "must be a positive integer, got 0")
+    assert_one_line_error(console("testbed", "report", "--problems", "-3"), "must be a positive integer, got -3")
+    assert_one_line_error(console("testbed", "report", "--out", tmp_path), f"--out {tmp_path} is a directory")
+
+
+def test_a_run_over_another_problem_set_or_a_locked_trace_is_refused_before_loading(tmp_path):
+    from trim import testbed
+    from trim.engine import problem_set
+    from trim.traces import TraceWriter
+
+    trace = tmp_path / "weak-only.jsonl"
+    settings = {"policy": "weak-only", "policy_class": "WeakOnly", "policy_params": {}, "seed": 0, "max_steps": 30,
+                "max_tokens": 4096, "problems": problem_set(testbed.Splits()["test"][:2])}
+    trace.write_text(json.dumps({"problem_id": "test-0", "settings": settings}) + "\n")
+    line = assert_one_line_error(console("run", "--policy", "weak-only", "--split", "validation", "--problems", "2",
+                                         "--quiet", "--out", tmp_path), f"{trace}:1 was written with other settings")
+    assert 'problems.first_id is "test-0" in the file, "validation-0" in this run' in line
+    with TraceWriter(tmp_path / "strong-only.jsonl", {"held": True}):
+        assert_one_line_error(console("run", "--policy", "strong-only", "--problems", "2", "--quiet", "--out",
+                                      tmp_path), "strong-only.jsonl is being written by another process")
+
+
+@pytest.mark.parametrize("role, make, needles", [
+    ("weak", _corrupt, ["cannot load the weights", "weak/model.safetensors (SafetensorError"]),
+    ("prm", _causal_lm, ["PRM: the checkpoint in", "has no trained weights for score.bias, score.weight"]),
+])
+def test_broken_model_folders_are_one_line_errors(tmp_path, role, make, needles):
+    models = _models_with(tmp_path, role, make)
+    assert_one_line_error(console("run", "--problems", "2", "--quiet", "--models", models, "--out", tmp_path / "out"),
+                          *needles)

@@ -113,11 +113,11 @@ def test_an_empty_weak_step_scores_zero_and_is_counted():
 def test_traces_append_resume_and_refuse_other_settings(tmp_path):
     path = tmp_path / "thr.jsonl"
     weak, strong = ScriptedGenerator("weak", bad_steps={1}), ScriptedGenerator("strong")
-    run_policy(PROBLEMS[:2], Threshold(0.5), weak, strong, KeywordPRM(), trace_path=path)
-    assert len(read_traces(path)) == 2
-    # A crash mid-write leaves half a line: it is dropped and the finished problems are not redone.
-    with path.open("a") as fh:
-        fh.write('{"problem_id": "p2", "trunc')
+    run_policy(PROBLEMS, Threshold(0.5), weak, strong, KeywordPRM(), trace_path=path)
+    assert len(read_traces(path)) == 4
+    # A crash after two problems, mid-write: half a line is dropped and the finished problems are not redone.
+    lines = path.read_text().splitlines(keepends=True)
+    path.write_text("".join(lines[:2]) + '{"problem_id": "p2", "trunc')
     weak.calls.clear()
     records = run_policy(PROBLEMS, Threshold(0.5), weak, strong, KeywordPRM(), trace_path=path)
     assert weak.calls == [2, 2, 2]  # only p2 and p3 were solved

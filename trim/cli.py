@@ -66,15 +66,20 @@ def _add_testbed(sub) -> None:
     report.add_argument("--out", default=None, help="also write the tables as JSON to this file")
 
     def run(args):
+        from pathlib import Path
+
         from trim.testbed.report import main as report_main
 
+        routing_cli.check_models(None)
+        if args.out:  # checked before the models load: the file is written at the end
+            routing_cli.check_out_file(Path(args.out).expanduser())
         return report_main(args)
 
     report.set_defaults(func=run)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = routing_cli.Parser(
         prog="trim", description="Targeted step-level routing (TRIM): run, sweep and measure routing policies.")
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
@@ -88,8 +93,15 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args) or 0
-    except (OSError, ValueError) as error:  # CommandError and every bad-input error of the library
-        print(f"trim {args.command}: error: {error}", file=sys.stderr)
+    except Exception as error:
+        # CommandError, TraceError and every bad-input error of the library are ValueErrors or OSErrors; a
+        # backend that broke its protocol is the engine's BackendError. Each is one line, not a traceback.
+        engine = sys.modules.get("trim.engine")
+        if not (isinstance(error, (OSError, ValueError))
+                or (engine is not None and isinstance(error, engine.BackendError))):
+            raise
+        message = " ".join(str(error).split()) or type(error).__name__
+        print(f"trim {args.command}: error: {message}", file=sys.stderr)
         return 2
 
 

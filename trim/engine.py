@@ -6,13 +6,22 @@ the current step only; control then returns to the weak model. A solution stops 
 ``\\boxed{}``, at the model's end of text, at `max_steps`, or at `max_tokens` decoded tokens.
 
 Every step record keeps what the policy saw (its `Observation`) and what it decided, with the
-policy's per-decision extras, so learners build their rollouts from these traces."""
+policy's per-decision extras, so learners build their rollouts from these traces.
+
+The engine trusts no backend: every round it checks one well-formed proposal per request, one score
+row per prefix with one score per step (P(correct) in [0, 1], or NaN for a step the PRM could not read)
+and one decision per observation with JSON-safe extras; anything else is a `BackendError` naming the
+backend and the problem. A NaN score is read by the policy as 0.5 (uninformative) and listed in the
+step record's `unscored_steps`, so traces stay valid JSON and say which scores were missing."""
 
 from __future__ import annotations
 
 import collections
 import dataclasses
+import hashlib
+import json
 import math
+from numbers import Real
 from typing import Sequence
 
 from trim import grading
@@ -42,13 +51,40 @@ class _State:
     stop_reason: str | None = None
 
 
-def settings_record(policy: Policy, weak, strong, prm, run: RunSettings) -> dict:
-    """Everything that determines a trace; stored with every problem's record."""
-    return {"policy": policy.name, "policy_class": type(policy).__name__, "policy_params": policy.params(),
-            "weak": weak.name, "strong": strong.name, "prm": prm.name if prm is not None else None,
-            "sampling_weak": dataclasses.asdict(weak.sampling),
-            "sampling_strong": dataclasses.asdict(strong.sampling),
-            **dataclasses.asdict(run)}
+class BackendError(RuntimeError):
+    """A generator, PRM or policy returned something the engine cannot use; the message names it and the row."""
+
+
+def problem_set(problems: Sequence) -> dict:
+    """The identity of a list of problems: how many, the first and last id, and a digest of every
+    (id, question, answer), so that another split, dataset, size or problem generator never shares a trace."""
+    rows = sorted((str(p.id), str(p.question), str(p.answer)) for p in problems)
+    digest = hashlib.blake2b(json.dumps(rows).encode(), digest_size=16).hexdigest()
+    return {"count": len(rows), "first_id": rows[0][0] if rows else None,
+            "last_id": rows[-1][0] if rows else None, "digest": digest}
+
+
+def settings_record(policy: Policy, weak, strong, prm, run: RunSettings, problems: Sequence | None = None) -> dict:
+    """Everything that determines a trace; stored with every problem's record.
+
+    With `problems`, the problem set (`problem_set`) is part of it: a trace resumes only on the same problems."""
+    settings = {"policy": policy.name, "policy_class": type(policy).__name__, "policy_params": policy.params(),
+                "weak": weak.name, "strong": strong.name, "prm": prm.name if prm is not None else None,
+                "sampling_weak": dataclasses.asdict(weak.sampling),
+                "sampling_strong": dataclasses.asdict(strong.sampling),
+                **dataclasses.asdict(run)}
+    if problems is not None:
+        settings["problems"] = problem_set(problems)
+    return settings
+
+
+def _step_tag(prm) -> str | None:
+    """The step tag of a step-tag PRM, looking through wrappers (caches) that keep it in `.prm`."""
+    for _ in range(8):
+        if prm is None or getattr(prm, "step_tag", None):
+            return getattr(prm, "step_tag", None)
+        prm = getattr(prm, "prm", None)
+    return None
 
 
 def run_policy(problems: Sequence, policy: Policy, weak, strong, prm, run: RunSettings = RunSettings(),
@@ -61,34 +97,113 @@ def run_policy(problems: Sequence, policy: Policy, weak, strong, prm, run: RunSe
         raise ValueError(f"problem ids must be unique; repeated: {', '.join(map(str, duplicates[:5]))}")
     if prm is None and policy.uses_weak and policy.uses_prm:
         raise ValueError(f"policy {policy.name} reads PRM scores, but no PRM was given")
-    settings = settings_record(policy, weak, strong, prm, run)
+    tag = _step_tag(prm) if policy.uses_weak else None
+    if tag:
+        holding = [p.id for p in problems if tag in str(p.question)]
+        if holding:
+            raise ValueError(f"the question of problem {holding[0]!r} contains the PRM's step tag {tag!r}, which "
+                             f"would add a score ({len(holding)} problem(s) in all); remove the tag from the questions")
+    settings = settings_record(policy, weak, strong, prm, run, problems)
     writer = TraceWriter(trace_path, settings) if trace_path else None
-    done = dict(writer.done) if writer else {}
-    active = [_State(p) for p in problems if p.id not in done]
-    bar = progress_bar(progress=progress, total=len(problems), initial=len(problems) - len(active),
-                       desc=policy.name)
-    while active:
-        _round(active, policy, weak, strong, prm, run)
-        still = []
-        for state in active:
-            if state.stop_reason is None:
-                still.append(state)
-                continue
-            record = _finish(state, policy)
-            done[state.problem.id] = {**record, "settings": settings}
-            if writer:
-                writer.write(record)
-            bar.update(1)
-        active = still
-    bar.close()
+    try:
+        done = dict(writer.done) if writer else {}
+        active = [_State(p) for p in problems if p.id not in done]
+        bar = progress_bar(progress=progress, total=len(problems), initial=len(problems) - len(active),
+                           desc=policy.name)
+        while active:
+            _round(active, policy, weak, strong, prm, run)
+            still = []
+            for state in active:
+                if state.stop_reason is None:
+                    still.append(state)
+                    continue
+                record = _finish(state, policy)
+                done[state.problem.id] = {**record, "settings": settings}
+                if writer:
+                    writer.write(record)
+                bar.update(1)
+            active = still
+        bar.close()
+    finally:
+        if writer:
+            writer.close()
     return [done[p.id] for p in problems]
+
+
+def _name(backend) -> str:
+    return str(getattr(backend, "name", None) or type(backend).__name__)
 
 
 def _checked(rows: list, expected: int, backend, what: str) -> list:
     # A backend that drops or adds a row would silently shift every later row onto the wrong problem.
+    try:
+        rows = list(rows)
+    except TypeError:
+        raise BackendError(f"{_name(backend)} returned {type(rows).__name__} instead of a list of {what}") from None
     if len(rows) != expected:
-        raise RuntimeError(f"{getattr(backend, 'name', backend)!s} returned {len(rows)} {what} for "
-                           f"{expected} inputs")
+        raise BackendError(f"{_name(backend)} returned {len(rows)} {what} for {expected} inputs")
+    return rows
+
+
+def _proposal_fault(p) -> str | None:
+    tokens = getattr(p, "tokens", None)
+    if not isinstance(getattr(p, "text", None), str):
+        return "its text is not a string"
+    if isinstance(tokens, bool) or not isinstance(tokens, int) or tokens < 0:
+        return f"its token count is {tokens!r}, not an int >= 0"
+    for flag in ("finished", "truncated"):
+        if not isinstance(getattr(p, flag, None), bool):
+            return f"its {flag} flag is {getattr(p, flag, None)!r}, not a bool"
+    return None
+
+
+def _proposals(rows, requests: list[StepRequest], backend) -> list:
+    """One well-formed proposal per request: text, a token count, and the two flags as booleans."""
+    rows = _checked(rows, len(requests), backend, "proposals")
+    for k, (request, p) in enumerate(zip(requests, rows)):
+        fault = _proposal_fault(p)
+        if fault:
+            raise BackendError(f"{_name(backend)} returned a bad proposal for problem {request.problem_id!r} "
+                               f"(row {k} of {len(rows)}, step {len(request.steps) + 1}): {fault}")
+    return rows
+
+
+def _score_row(row, problem_id, n_steps: int, k: int, n_rows: int, prm) -> list:
+    """A PRM row holds one score per step, each P(correct) in [0, 1] or NaN (a step the PRM could not read)."""
+    where = f"problem {problem_id!r} (row {k} of {n_rows})"
+    try:
+        row = list(row)
+    except TypeError:
+        raise BackendError(f"{_name(prm)} returned {type(row).__name__} instead of a list of scores for "
+                           f"{where}") from None
+    if len(row) != n_steps:
+        raise BackendError(f"{_name(prm)} returned {len(row)} scores for {where}, which has {n_steps} steps; "
+                           "a PRM returns one score per step")
+    for j, x in enumerate(row, 1):
+        if x is None or (isinstance(x, Real) and not isinstance(x, bool) and (math.isnan(x) or 0.0 <= x <= 1.0)):
+            continue
+        raise BackendError(f"{_name(prm)} returned the score {x!r} for step {j} of {where}; a PRM returns "
+                           "P(correct) in [0, 1], or NaN for a step it could not read")
+    return row
+
+
+def _decisions(rows, observations: list[Observation], policy) -> list:
+    rows = _checked(rows, len(observations), policy, "decisions")
+    for k, (observation, d) in enumerate(zip(observations, rows)):
+        where = f"problem {observation.problem_id!r} (row {k} of {len(rows)}, step {observation.step_index})"
+        try:
+            valid = getattr(d, "regenerate", None) in (True, False)
+        except (TypeError, ValueError, RuntimeError):
+            valid = False
+        if not valid:
+            raise BackendError(f"{_name(policy)} returned a decision without a boolean `regenerate` for {where}: "
+                               f"{d!r}")
+        info = getattr(d, "info", None) or {}
+        try:
+            json.dumps(dict(info), allow_nan=False)
+        except (TypeError, ValueError) as error:
+            raise BackendError(f"{_name(policy)} returned extras that a trace cannot hold for {where} ({error}); "
+                               "extras are plain, finite numbers") from None
     return rows
 
 
@@ -97,8 +212,9 @@ def _round(active: list[_State], policy: Policy, weak, strong, prm, run: RunSett
     requests = [StepRequest(s.problem.id, s.problem.question, tuple(s.steps), run.seed) for s in active]
     decisions = None
     candidates: list = [None] * len(active)
+    unscored: dict[int, list[int]] = {}  # row -> steps whose PRM score was NaN (read as 0.5)
     if policy.uses_weak:
-        candidates = _checked(weak.propose(requests), len(requests), weak, "proposals")
+        candidates = _proposals(weak.propose(requests), requests, weak)
         scored = _score(active, candidates, prm) if prm is not None else {}
         observations = []
         for i, (state, candidate) in enumerate(zip(active, candidates)):
@@ -107,6 +223,7 @@ def _round(active: list[_State], policy: Policy, weak, strong, prm, run: RunSett
                 if i in scored:
                     state.scores = [_finite(x) for x in scored[i][:-1]]
                     score = _finite(scored[i][-1])
+                    unscored[i] = [j for j, x in enumerate(scored[i], 1) if x is None or math.isnan(x)]
                 else:
                     state.empty_steps += 1
                     score = 0.0  # an empty step has nothing to score: it gets the worst score, the policy decides
@@ -116,7 +233,7 @@ def _round(active: list[_State], policy: Policy, weak, strong, prm, run: RunSett
                 strong_tokens=state.strong_tokens, weak_tokens=state.weak_tokens))
             state.weak_tokens += candidate.tokens
             state.records.append({"score": score if i in scored else None})
-        decisions = _checked(policy.decide(observations), len(observations), policy, "decisions")
+        decisions = _decisions(policy.decide(observations), observations, policy)
         for state, observation, decision in zip(active, observations, decisions):
             state.records[-1]["observation"] = observation.record()
             if decision.info:
@@ -129,7 +246,8 @@ def _round(active: list[_State], policy: Policy, weak, strong, prm, run: RunSett
     flagged = [i for i, r in enumerate(regenerate) if r]
     rewrites = {}
     if flagged:
-        proposals = _checked(strong.propose([requests[i] for i in flagged]), len(flagged), strong, "proposals")
+        asked = [requests[i] for i in flagged]
+        proposals = _proposals(strong.propose(asked), asked, strong)
         rewrites = dict(zip(flagged, proposals))
     for i, state in enumerate(active):
         record = state.records[-1]
@@ -146,6 +264,8 @@ def _round(active: list[_State], policy: Policy, weak, strong, prm, run: RunSett
             chosen, model = candidates[i], "weak"
             record.update(decision="continue", discarded_tokens=0, weak_candidate=None)
         record.update(text=chosen.text, model=model, tokens=chosen.tokens, truncated=chosen.truncated)
+        if unscored.get(i):
+            record["unscored_steps"] = unscored[i]  # NaN from the PRM: recorded here, read as 0.5 above
         state.steps.append(chosen.text)
         state.stop_reason = _stop_reason(state, chosen, run)
 
@@ -158,11 +278,13 @@ def _score(active: list[_State], candidates: list, prm) -> dict[int, list[float]
     rows = _checked(prm.score([active[i].problem.question for i in nonempty],
                               [active[i].steps + [candidates[i].text] for i in nonempty]), len(nonempty), prm,
                     "score rows")
-    return dict(zip(nonempty, rows))
+    return {i: _score_row(row, active[i].problem.id, len(active[i].steps) + 1, k, len(rows), prm)
+            for k, (i, row) in enumerate(zip(nonempty, rows))}
 
 
 def _finite(x: float) -> float:
-    # A step whose tag fell outside the PRM's context has no score; treat it as uninformative (0.5).
+    # A step whose tag fell outside the PRM's context has no score; the policy reads it as uninformative
+    # (0.5), and the step record lists it in `unscored_steps`.
     return 0.5 if x is None or math.isnan(x) else float(x)
 
 

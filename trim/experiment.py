@@ -17,6 +17,12 @@ from trim.metrics import Endpoints, summarize
 from trim.policies import Policy, StrongOnly, WeakOnly
 
 
+def trace_name(policy: Policy, tag: str = "") -> str:
+    """The file name of a policy's trace: its name with anything unsafe in a path replaced."""
+    safe = "".join(c if c.isalnum() or c in "-_.=" else "_" for c in policy.name)
+    return f"{safe}{tag}.jsonl"
+
+
 class Harness:
     """The models of one experiment behind shared caches, plus the endpoints every metric needs."""
 
@@ -29,8 +35,7 @@ class Harness:
     def trace_path(self, policy: Policy, tag: str = "") -> Path | None:
         if self.trace_dir is None:
             return None
-        safe = "".join(c if c.isalnum() or c in "-_.=" else "_" for c in policy.name)
-        return self.trace_dir / f"{safe}{tag}.jsonl"
+        return self.trace_dir / trace_name(policy, tag)
 
     def run(self, problems: Sequence, policy: Policy, tag: str = "") -> list[dict]:
         return run_policy(problems, policy, self.weak, self.strong, self.prm, self.run_settings,

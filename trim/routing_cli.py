@@ -6,7 +6,10 @@ errors a user can cause are `CommandError`s, which the `trim` command prints as 
 from __future__ import annotations
 
 import argparse
+import collections
 import json
+import math
+import os
 import tempfile
 from pathlib import Path
 
@@ -20,6 +23,13 @@ MODEL_ROLES = ("weak", "strong", "prm")
 
 class CommandError(ValueError):
     """A mistake in the command line or its files: printed as one line, exit status 2."""
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse, with a usage error printed as one line (and where to find the usage)."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see `{self.prog} --help`)\n")
 
 
 def fraction(text: str) -> float:
@@ -39,6 +49,17 @@ def positive_int(text: str) -> int:
         raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}") from None
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
+    return value
+
+
+def count(text: str) -> int:
+    """A count that may be zero."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 0, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 0, got {text}")
     return value
 
 
@@ -63,34 +84,111 @@ def check_models(folder: str | None) -> Path:
         raise CommandError(f"--models {path}: no model director{'y' if len(missing) == 1 else 'ies'} "
                            f"{', '.join(str(path / m) for m in missing)} (each needs a config.json); "
                            "pass a folder laid out like data/testbed/")
+    unweighted = [role for role in MODEL_ROLES
+                  if not any((path / role).glob("*.safetensors")) and not any((path / role).glob("*.bin"))]
+    if unweighted:
+        raise CommandError(f"--models {path}: no weights (*.safetensors) in "
+                           f"{', '.join(str(path / m) for m in unweighted)}; pass a folder laid out like data/testbed/")
     return path
 
 
-def check_out_dir(path: Path) -> Path:
+PROBE_BYTES = 1 << 16  # written and synced into --out before any model loads: a full disk shows up now
+
+
+def _probe(folder: Path) -> None:
+    with tempfile.TemporaryFile(dir=folder) as fh:
+        fh.write(b"\0" * PROBE_BYTES)
+        fh.flush()
+        os.fsync(fh.fileno())
+
+
+def check_out_dir(path: Path, option: str = "--out") -> Path:
     """A folder the run can write its traces into, created now; refused before any model loads."""
     if path.exists() and not path.is_dir():
-        raise CommandError(f"--out {path} is a file; pass a directory for the traces")
+        raise CommandError(f"{option} {path} is a file; pass a directory for the traces")
     try:
         path.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryFile(dir=path):
-            pass
+        _probe(path)
     except OSError as error:
-        raise CommandError(f"--out {path} cannot be written ({error.strerror or error}); "
-                           "pass a writable directory") from None
+        raise CommandError(f"{option} {path} cannot be written ({error.strerror or error}); "
+                           "pass a writable directory with free space") from None
     return path
 
 
-def _harness(args, trace_dir: Path, split: str | None = None):
+def check_out_file(path: Path, option: str = "--out") -> Path:
+    """A file the command can write at its end; refused before any model loads."""
+    if path.is_dir():
+        raise CommandError(f"{option} {path} is a directory; pass a file name")
+    if not path.parent.is_dir():
+        raise CommandError(f"{option} {path}: the folder {path.parent} does not exist; create it or pass another path")
+    try:
+        _probe(path.parent)
+        if path.exists():
+            with path.open("ab"):
+                pass
+    except OSError as error:
+        raise CommandError(f"{option} {path} cannot be written ({error.strerror or error}); "
+                           "pass a writable path with free space") from None
+    return path
+
+
+def check_trace(path: Path, expected: dict) -> None:
+    """Before any model loads: the trace a run will append to can be opened, is not being written by
+    another run, and was written with the same problems and policy (the fields known without the models)."""
+    from trim.traces import TraceError, describe_difference, read_lines
+
+    if path.is_dir():
+        raise CommandError(f"{path} is a directory, but the run writes its trace there; move it away")
+    if not path.exists():
+        return
+    try:
+        with path.open("rb+") as fh:
+            try:
+                import fcntl
+            except ImportError:
+                fcntl = None
+            if fcntl is not None:
+                try:
+                    fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except OSError:
+                    raise CommandError(f"{path} is being written by another process (it holds the file's lock); "
+                                       "wait for that run to finish, or pass another --out") from None
+        lines = read_lines(path)
+    except OSError as error:
+        raise CommandError(f"{path} cannot be opened for appending ({error.strerror or error})") from None
+    except TraceError:
+        return  # a partial last line, repaired when the run opens the file; other damage is reported then
+    for number, record in lines[:1]:
+        there = record.get("settings") if isinstance(record, dict) else None
+        if not isinstance(there, dict):
+            return
+        there = {key: there.get(key) for key in expected}
+        if there != expected:
+            raise CommandError(f"{path}:{number} was written with other settings: "
+                               f"{describe_difference(there, expected, 'the file', 'this run')}; "
+                               "pass another --out, or delete the file to start over")
+
+
+def _problems(args, split: str | None = None) -> list:
+    from trim import testbed
+
+    split = split or args.split
+    problems = testbed.Splits()[split][: args.problems]
+    if not problems:
+        raise CommandError(f"split {split!r} gave no problems to solve")
+    return problems
+
+
+def _harness(args, trace_dir: Path, split: str | None = None, before_load=None):
     from trim import testbed
     from trim.engine import RunSettings
     from trim.experiment import Harness
 
     models = check_models(args.models)
-    split = split or args.split
-    problems = testbed.Splits()[split][: args.problems]
-    if not problems:
-        raise CommandError(f"split {split!r} gave no problems to solve")
+    problems = _problems(args, split)
     trace_dir = check_out_dir(trace_dir)
+    if before_load is not None:
+        before_load(trace_dir, problems)
     # The run seed varies the samples; the generators keep seed 0 so that seed s reproduces `--seed s`.
     tb = testbed.load(data_dir=models)
     run = RunSettings(seed=args.seed, max_steps=args.max_steps, max_tokens=args.max_tokens)
@@ -104,13 +202,22 @@ def _print(frame: pd.DataFrame) -> None:
 
 
 def cmd_run(args) -> int:
+    from trim.engine import problem_set
+    from trim.experiment import trace_name
     from trim.metrics import summarize
     from trim.policies import make_policy
 
     spec = POLICIES[args.policy]
     policy = make_policy(args.policy, getattr(args, spec.knob) if spec.knob else None, seed=args.seed)
     out = Path(args.out or f"runs/{args.split}")
-    harness, problems = _harness(args, out)
+
+    def before_load(trace_dir: Path, problems: list) -> None:
+        check_trace(trace_dir / trace_name(policy), {
+            "policy": policy.name, "policy_class": type(policy).__name__, "policy_params": policy.params(),
+            "seed": args.seed, "max_steps": args.max_steps, "max_tokens": args.max_tokens,
+            "problems": problem_set(problems)})
+
+    harness, problems = _harness(args, out, before_load=before_load)
     records = harness.run(problems, policy)
     print(json.dumps({"policy": policy.name, **summarize(records), "traces": str(harness.trace_path(policy))},
                      indent=2))
@@ -199,41 +306,128 @@ def cmd_baselines(args) -> int:
     return 0
 
 
+POLICY_FIELDS = ("policy", "policy_class", "policy_params")
+COUNTS = ("strong_tokens", "weak_tokens", "discarded_tokens", "num_steps", "regenerated_steps")
+
+
+def _record_fault(record) -> str | None:
+    """What keeps a record from being summarized, or None."""
+    if not isinstance(record, dict) or "problem_id" not in record or not isinstance(record.get("settings"), dict):
+        return "is not a trace record"
+    settings = record["settings"]
+    for key in ("policy", "policy_class"):
+        if not isinstance(settings.get(key), str):
+            return f"has no settings.{key} (a string)"
+    if not isinstance(record.get("correct"), bool):
+        return f"has correct = {_short(record.get('correct'))}, not true or false"
+    for key in COUNTS:
+        value = record.get(key)
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+            return f"has {key} = {_short(value)}, not a number >= 0"
+    return None
+
+
+def _short(value) -> str:
+    text = json.dumps(value, default=str) if value is not None else "nothing"
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
 def _read_run(path: str) -> list[dict]:
-    from trim.traces import read_traces
+    """One run's records, checked: every record summarizable, one setting, one record per problem, complete."""
+    from trim.traces import describe_difference, read_lines
 
     file = Path(path)
     if not file.is_file():
         raise CommandError(f"{path}: {'is a directory' if file.is_dir() else 'no such file'}; "
                            "pass JSONL trace files written by `trim run`")
-    records = read_traces(file)
-    if not records:
+    try:
+        lines = read_lines(file)
+    except OSError as error:
+        raise CommandError(f"{path} cannot be read ({error.strerror or error})") from None
+    if not lines:
         raise CommandError(f"{path} holds no traces")
-    if not all(isinstance(r, dict) and "settings" in r and "problem_id" in r for r in records):
-        raise CommandError(f"{path} is not a trace file (records need problem_id and settings); "
-                           "pass JSONL files written by `trim run`")
-    return records
+    for number, record in lines:
+        fault = _record_fault(record)
+        if fault is None:
+            continue
+        if not isinstance(record, dict) or "problem_id" not in record or not isinstance(record.get("settings"), dict):
+            raise CommandError(f"{path} is not a trace file (line {number} has no problem_id and settings); "
+                               "pass JSONL files written by `trim run`")
+        raise CommandError(f"{path}:{number} {fault}; is it a trace written by `trim run`?")
+    first_number, first = lines[0]
+    for number, record in lines[1:]:
+        if record["settings"] != first["settings"]:
+            difference = describe_difference(first["settings"], record["settings"], f"line {first_number}",
+                                             f"line {number}")
+            raise CommandError(f"{path}:{number} was written with other settings than line {first_number}: "
+                               f"{difference}; a trace file holds one run")
+    where = collections.defaultdict(list)
+    for number, record in lines:
+        where[record["problem_id"]].append(number)
+    repeated = {pid: numbers for pid, numbers in where.items() if len(numbers) > 1}
+    if repeated:
+        pid, numbers = next(iter(repeated.items()))
+        more = f", and {len(repeated) - 1} more repeated problem(s)" if len(repeated) > 1 else ""
+        raise CommandError(f"{path} holds problem {pid!r} {len(numbers)} times (lines "
+                           f"{', '.join(map(str, numbers[:4]))}){more}; a trace holds one record per problem: "
+                           "was it written by two runs at once, or joined?")
+    problems = first["settings"].get("problems")
+    if isinstance(problems, dict) and isinstance(problems.get("count"), int) and problems["count"] != len(lines):
+        raise CommandError(f"{path} holds {len(lines)} of the {problems['count']} problems its run was started on; "
+                           "finish the run (rerun the same command) first")
+    return [record for _, record in lines]
+
+
+def _check_same_setup(files: dict[str, list[dict]]) -> None:
+    """Every run over the same problems, with the same models, sampling, seed and limits."""
+    from trim.traces import describe_difference
+
+    (base_path, base), *others = files.items()
+    base_ids = {r["problem_id"] for r in base}
+    for path, records in others:
+        ids = {r["problem_id"] for r in records}
+        if ids != base_ids:
+            only_a, only_b = sorted(map(str, base_ids - ids)), sorted(map(str, ids - base_ids))
+            detail = "; ".join(f"{len(only)} only in {p} (e.g. {', '.join(only[:3])})"
+                               for only, p in ((only_a, base_path), (only_b, path)) if only)
+            raise CommandError(f"{base_path} and {path} cover different problems ({len(base_ids)} and {len(ids)} "
+                               f"problems; {detail}); run every policy, the weak-only and strong-only endpoints "
+                               "included, on the same problems")
+    setup = {k: v for k, v in base[0]["settings"].items() if k not in POLICY_FIELDS}
+    for path, records in others:
+        other = {k: v for k, v in records[0]["settings"].items() if k not in POLICY_FIELDS}
+        if other != setup:
+            raise CommandError(f"{base_path} and {path} were run with different settings: "
+                               f"{describe_difference(setup, other, base_path, path, limit=3)}; metrics compare "
+                               "runs of one setup (same models, sampling, seed, limits and problems)")
 
 
 def cmd_metrics(args) -> int:
     from trim.metrics import Endpoints, frontier_table, summarize
 
-    runs = {}
+    runs, files = {}, {}
     for path in args.traces:
         records = _read_run(path)
-        runs[records[0]["settings"]["policy"]] = (records[0]["settings"]["policy_class"], summarize(records))
-    classes = {cls for cls, _ in runs.values()}
+        name = records[0]["settings"]["policy"]
+        if name in runs:
+            same = os.path.realpath(runs[name][0]) == os.path.realpath(path)
+            raise CommandError(f"{path} is passed twice; pass each trace file once" if same else
+                               f"{runs[name][0]} and {path} are both runs of {name}; pass one run per policy")
+        files[path] = records
+        runs[name] = (path, records[0]["settings"]["policy_class"], summarize(records))
+    _check_same_setup(files)
+    classes = {cls for _, cls, _ in runs.values()}
     if not {"WeakOnly", "StrongOnly"} <= classes:
         raise CommandError("metrics need the weak-only and strong-only traces among the files (run them with "
                            "`trim run --policy weak-only` and `--policy strong-only`)")
-    weak = next(s for c, s in runs.values() if c == "WeakOnly")
-    strong = next(s for c, s in runs.values() if c == "StrongOnly")
+    weak = next(s for _, c, s in runs.values() if c == "WeakOnly")
+    strong = next(s for _, c, s in runs.values() if c == "StrongOnly")
     ends = Endpoints(weak["accuracy"], strong["accuracy"], strong["strong_tokens"])
     families: dict[str, list] = {}
-    for name, (cls, s) in runs.items():
+    for name, (_, cls, s) in runs.items():
         if cls not in ("WeakOnly", "StrongOnly"):
             families.setdefault(args.group and cls or name, []).append((s["strong_tokens"], s["accuracy"]))
-    _print(pd.DataFrame({n: s for n, (_, s) in runs.items()}).T)
+    _print(pd.DataFrame({n: s for n, (_, _, s) in runs.items()}).T)
     print()
     _print(frontier_table(families, ends))
     return 0
@@ -254,7 +448,7 @@ def register(sub) -> None:
     p = sub.add_parser("sweep", help="sweep TRIM-Thr's threshold: one table and an accuracy-vs-strong-tokens plot")
     _common(p)
     p.add_argument("--points", type=positive_int, default=21, help="thresholds evenly spaced on [0, 1] (default 21)")
-    p.add_argument("--random-matched", type=int, default=5,
+    p.add_argument("--random-matched", type=count, default=5,
                    help="random-regeneration runs at TRIM-Thr's rates (default 5)")
     p.add_argument("--out", default=None, help="directory for traces, sweep.csv and sweep.png (default: runs/<split>)")
     p.set_defaults(func=cmd_sweep)

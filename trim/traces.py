@@ -1,77 +1,271 @@
 """Traces: one JSON line per finished problem, appended as the run goes; resumable; pandas-friendly.
 
 A trace holds every step (text, model, tokens, PRM score, decision, discarded weak tokens), the final
-answer and its grade, and the run's settings (models, sampling, seed, policy), so a result never
-travels without what produced it."""
+answer and its grade, and the run's settings (models, sampling, seed, policy, problem set), so a result
+never travels without what produced it.
+
+What a writer guarantees, whatever the moment it is killed:
+
+- a record is one `write` of one line ending in a newline, synced before `write` returns; a record
+  that `write` returned for is never lost, by this writer or by a later resume;
+- a resume never rewrites the file. It only *truncates* it at the end of the last complete record (a
+  half-written or corrupt last line is a crash artefact and is dropped) or appends the missing newline
+  of a complete last record; both are single system calls, so a kill during the repair leaves the file
+  before or after it, never in between. The rule is the same on every resume: a corrupt last line is
+  dropped, a corrupt line with records after it is refused, naming the file and line;
+- one writer at a time: the file is locked (`flock`) for the writer's life, and a second writer is
+  refused, naming the file;
+- a file written with other settings is refused, naming the fields that differ: mixing runs would
+  silently corrupt a result."""
 
 from __future__ import annotations
 
 import json
 import os
 from pathlib import Path
-from typing import Iterable
+from typing import TYPE_CHECKING, Iterable
 
-import pandas as pd
+try:
+    import fcntl
+except ImportError:  # Windows: no advisory locks; one writer per file is then the user's to ensure
+    fcntl = None
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+
+class TraceError(ValueError):
+    """A trace file that cannot be read, resumed or written; the message names the file and line."""
+
+
+_MISSING = object()
+
+
+def _show(value, width: int = 60) -> str:
+    if value is _MISSING:
+        return "absent"
+    text = json.dumps(value, sort_keys=True, default=str)
+    return text if len(text) <= width else text[: width - 3] + "..."
+
+
+def settings_difference(there: dict, here: dict, prefix: str = "") -> list[tuple[str, object, object]]:
+    """The fields (dotted paths) where two settings differ, with both values (`_MISSING` when absent)."""
+    out = []
+    for key in sorted(set(there) | set(here), key=str):
+        a, b = there.get(key, _MISSING), here.get(key, _MISSING)
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += settings_difference(a, b, f"{prefix}{key}.")
+        elif a != b:
+            out.append((f"{prefix}{key}", a, b))
+    return out
+
+
+def describe_difference(there: dict, here: dict, there_name: str, here_name: str, limit: int = 4) -> str:
+    """'seed is 0 in A, 1 in B; ...': the differing fields, each with both values."""
+    diffs = settings_difference(there, here)
+    parts = [f"{field} is {_show(a)} in {there_name}, {_show(b)} in {here_name}" for field, a, b in diffs[:limit]]
+    if len(diffs) > limit:
+        parts.append(f"and {len(diffs) - limit} more field(s)")
+    return "; ".join(parts)
+
+
+def _parse_line(raw: bytes) -> tuple[dict | None, str | None, bool]:
+    """(record, None, True), or (None, what is wrong with the line, whether it could be a cut-off record)."""
+    cut_off = raw.lstrip().startswith(b"{")  # a record's line starts with '{'; a prefix of it never parses
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as error:
+        return None, f"is not valid UTF-8 (byte {error.start + 1} of the line)", cut_off
+    try:
+        record = json.loads(text)
+    except json.JSONDecodeError as error:
+        return None, f"is not valid JSON ({error.msg})", cut_off
+    if not isinstance(record, dict) or "problem_id" not in record or not isinstance(record.get("settings"), dict):
+        return None, "is not a trace record (it needs problem_id and settings)", False
+    return record, None, True
+
+
+def _lines(data: bytes):
+    """(line number, start offset, end offset after its newline, has newline, bytes) of every line."""
+    start = 0
+    for number, raw in enumerate(data.split(b"\n"), 1):
+        end = start + len(raw)
+        has_newline = end < len(data)
+        yield number, start, end + has_newline, has_newline, raw
+        start = end + 1
 
 
 class TraceWriter:
     """Append-only JSONL. On open, finished problems are read back so a crashed run resumes.
 
-    A file written with other settings is refused: mixing runs would silently corrupt a result."""
+    `done` maps each finished problem id to its record. Use it as a context manager, or call `close()`,
+    to release the file's lock."""
 
     def __init__(self, path: str | Path, settings: dict):
         self.path, self.settings = Path(path), settings
         self.done: dict[str, dict] = {}
-        if self.path.exists():
-            text = self.path.read_text()
-            lines = text.splitlines()
-            for number, line in enumerate(lines, 1):
-                if not line.strip():
-                    continue
-                try:
-                    record = json.loads(line)
-                except json.JSONDecodeError:
-                    # A crash can leave a half-written last line; anything earlier is corruption.
-                    if number == len(lines):
-                        break
-                    raise ValueError(f"{self.path}:{number} is not valid JSON; delete or repair the file") from None
-                if record["settings"] != settings:
-                    raise ValueError(
-                        f"{self.path} holds traces written with other settings ({record['settings']}); "
-                        "write to a new path or delete the file to start over")
-                self.done[record["problem_id"]] = record
-            if text and not text.endswith("\n"):  # drop the partial last line before appending
-                self.path.write_text(text[: text.rfind("\n") + 1])
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._fd: int | None = None
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as error:
+            raise TraceError(f"{self.path.parent}: cannot create the trace folder ({error.strerror or error}); "
+                             "pass a writable directory") from None
+        self._fd = self._open_locked()
+        try:
+            self._resume()
+        except BaseException:
+            self.close()
+            raise
+
+    def _open_locked(self) -> int:
+        for _ in range(100):
+            try:
+                fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o666)
+            except OSError as error:
+                raise TraceError(f"{self.path}: cannot open the trace ({error.strerror or error}); "
+                                 "pass a writable file path") from None
+            if fcntl is None:
+                return fd
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                os.close(fd)
+                raise TraceError(f"{self.path} is being written by another process (it holds the file's lock); "
+                                 "wait for that run to finish, or write to another path") from None
+            try:  # the lock holds only if the path still names the file we locked
+                if os.path.samestat(os.fstat(fd), os.stat(self.path)):
+                    return fd
+            except FileNotFoundError:
+                pass
+            os.close(fd)
+        raise TraceError(f"{self.path}: could not lock the trace file (it keeps being replaced)")
+
+    def _resume(self) -> None:
+        size = os.fstat(self._fd).st_size
+        data = os.pread(self._fd, size, 0) if size else b""
+        parsed = []  # (number, end offset after its newline, has newline, record or None, error or None, cut off)
+        for number, _, end, has_newline, raw in _lines(data):
+            if raw.strip():
+                parsed.append((number, end, has_newline, *_parse_line(raw)))
+        # A kill mid-write leaves a prefix of one record: a last line that starts like a record ('{') but
+        # does not parse. It is dropped; anything else that is wrong is refused, naming its line.
+        if parsed and parsed[-1][4] is not None and parsed[-1][5]:
+            parsed.pop()
+        seen: dict[str, int] = {}
+        for k, (number, _, _, record, error, _) in enumerate(parsed):
+            if error is not None:
+                where = "and complete records follow it" if k < len(parsed) - 1 else "and it is the last line"
+                raise TraceError(f"{self.path}:{number} {error}, {where}; the file was damaged or is not a trace: "
+                                 "delete or repair that line (or the file) to resume")
+            if record["settings"] != self.settings:
+                raise TraceError(f"{self.path}:{number} was written with other settings: "
+                                 f"{describe_difference(record['settings'], self.settings, 'the file', 'this run')}"
+                                 "; write to a new path, or delete the file to start over")
+            pid = record["problem_id"]
+            if pid in seen:
+                raise TraceError(f"{self.path}:{number} repeats problem {pid!r} of line {seen[pid]} (two runs wrote "
+                                 "this file at once?); keep one record per problem, or delete the file")
+            seen[pid] = number
+            self.done[pid] = record
+        # Repair only once the file is known to be resumable (a refused file is left as it was), and only
+        # by truncation or by appending one newline: each is one system call, atomic under a kill.
+        good_end = parsed[-1][1] if parsed else 0
+        if good_end < len(data):  # a dropped partial record, or blank lines after the last record
+            os.ftruncate(self._fd, good_end)
+            os.fsync(self._fd)
+        if parsed and not parsed[-1][2]:  # a complete last record that lacks only its newline
+            self._append(b"\n")
+
+    def _append(self, data: bytes) -> None:
+        written = 0
+        while written < len(data):
+            written += os.write(self._fd, data[written:])
+        os.fsync(self._fd)
 
     def write(self, record: dict) -> None:
+        if self._fd is None:
+            raise TraceError(f"{self.path}: the trace writer is closed")
         record = {**record, "settings": self.settings}
-        with self.path.open("a") as fh:
-            fh.write(json.dumps(record) + "\n")
-            fh.flush()
-            os.fsync(fh.fileno())
-        self.done[record["problem_id"]] = record
+        pid = record.get("problem_id")
+        try:
+            line = json.dumps(record, allow_nan=False) + "\n"
+        except (TypeError, ValueError) as error:
+            raise TraceError(f"the record of problem {pid!r} cannot be written to {self.path} as JSON ({error}); "
+                             "traces hold plain, finite numbers") from None
+        size = os.fstat(self._fd).st_size
+        try:
+            self._append(line.encode("utf-8"))
+        except OSError as error:
+            try:  # leave no partial line behind
+                os.ftruncate(self._fd, size)
+            except OSError:
+                pass
+            raise TraceError(f"{self.path}: cannot append the record of problem {pid!r} "
+                             f"({error.strerror or error}); free disk space or write elsewhere, then rerun: "
+                             "finished problems are kept") from None
+        self.done[pid] = record
+
+    def close(self) -> None:
+        fd, self._fd = getattr(self, "_fd", None), None
+        if fd is None:
+            return
+        try:
+            if os.fstat(fd).st_size == 0:  # nothing was written: leave no empty trace behind
+                self.path.unlink(missing_ok=True)
+        except OSError:
+            pass
+        os.close(fd)  # releases the lock
+
+    def __enter__(self) -> "TraceWriter":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __del__(self):
+        try:
+            self.close()
+        except Exception:  # at interpreter exit the modules close() needs may be gone; the OS drops the lock
+            pass
+
+
+def read_lines(path: str | Path) -> list[tuple[int, dict]]:
+    """(line number, record) of every record of a trace file; any bad line is an error naming file:line."""
+    path = Path(path)
+    data = path.read_bytes()
+    lines = [(number, raw) for number, _, _, _, raw in _lines(data) if raw.strip()]
+    out = []
+    for k, (number, raw) in enumerate(lines):
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError as error:
+            raise TraceError(f"{path}:{number} is not valid UTF-8 (byte {error.start + 1} of the line); "
+                             "is this a trace file?") from None
+        try:
+            out.append((number, json.loads(text)))
+        except json.JSONDecodeError as error:
+            hint = ("; an interrupted run leaves a partial last line: rerun it to repair and finish the trace"
+                    if k == len(lines) - 1 else "; is this a trace file?")
+            raise TraceError(f"{path}:{number} is not valid JSON ({error.msg}){hint}") from None
+    return out
 
 
 def read_traces(path: str | Path) -> list[dict]:
-    records = []
-    for number, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), 1):
-        if line.strip():
-            try:
-                records.append(json.loads(line))
-            except json.JSONDecodeError as error:
-                raise ValueError(f"{path}:{number} is not valid JSON ({error.msg}); is this a trace file?") from None
-    return records
+    return [record for _, record in read_lines(path)]
 
 
-def traces_frame(records: Iterable[dict]) -> pd.DataFrame:
+def traces_frame(records: Iterable[dict]) -> "pd.DataFrame":
     """One row per problem; `steps` stays a list column, settings are flattened."""
+    import pandas as pd
+
     frame = pd.json_normalize(list(records), sep=".")
     return frame
 
 
-def steps_frame(records: Iterable[dict]) -> pd.DataFrame:
+def steps_frame(records: Iterable[dict]) -> "pd.DataFrame":
     """One row per accepted step, with its problem's id, policy and correctness."""
+    import pandas as pd
+
     rows = []
     for r in records:
         for i, step in enumerate(r["steps"], 1):
@@ -81,6 +275,8 @@ def steps_frame(records: Iterable[dict]) -> pd.DataFrame:
 
 
 def save_parquet(records: Iterable[dict], path: str | Path) -> None:
+    import pandas as pd
+
     frame = pd.DataFrame(list(records))
     for column in ("steps", "settings"):
         if column in frame:

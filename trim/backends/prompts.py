@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 from trim.protocols import STEP_DELIMITER
 
@@ -38,6 +38,27 @@ def prm_text(tokenizer, question: str, steps: Sequence[str], step_tag: str = PRM
     messages = _messages(question, system)
     messages.append({"role": "assistant", "content": "".join(s + step_tag for s in steps)})
     return tokenizer.apply_chat_template(messages, tokenize=False, continue_final_message=True)
+
+
+def fit_to_context(encode: Callable[[str, Sequence[str]], list[int]], question: str, steps: Sequence[str],
+                   ids: list[int], max_length: int) -> list[int]:
+    """A PRM input that fits `max_length` tokens: left truncation that keeps the question.
+
+    The earliest steps are dropped (the fewest that make it fit, found by bisection: fewer steps, fewer
+    tokens); their tags go with them, so those steps get no score. Only when the question and the last
+    step alone do not fit are the first tokens cut, keeping the last step and its tag. `encode` renders and
+    tokenises (question, steps); `ids` is the whole input, already encoded."""
+    if len(ids) <= max_length:
+        return ids
+    low, high, best = 1, len(steps) - 1, None
+    while low <= high:
+        mid = (low + high) // 2
+        kept = encode(question, steps[mid:])
+        if len(kept) <= max_length:
+            best, high = kept, mid - 1
+        else:
+            low = mid + 1
+    return best if best is not None else encode(question, steps[-1:])[-max_length:]
 
 
 def load_tokenizer(source: str | Path):

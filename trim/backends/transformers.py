@@ -5,16 +5,18 @@ the directory (and, for Qwen's PRM, `trust_remote_code`) changes."""
 
 from __future__ import annotations
 
+import contextlib
+import warnings
 from functools import cached_property
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 import torch
-from transformers import AutoModel, AutoModelForCausalLM, AutoModelForTokenClassification, AutoTokenizer
+from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoModelForTokenClassification, AutoTokenizer
 
 from trim.backends.prefix_cache import PastBatch, PrefixCache
-from trim.backends.prompts import PRM_STEP_TAG, chat_prompt, prm_text
+from trim.backends.prompts import PRM_STEP_TAG, chat_prompt, fit_to_context, prm_text
 from trim.protocols import STEP_DELIMITER, SamplingParams, StepProposal, StepRequest, request_seed
 from trim.sampling import sample_rows
 
@@ -37,12 +39,70 @@ def _resolve_source(model: str | Path, what: str) -> str:
     return str(_require_dir(Path(text).expanduser(), what)) if looks_local or Path(text).exists() else text
 
 
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip().splitlines()
+    return f"{type(error).__name__}: {text[0] if text else ''}"
+
+
+def _weight_files(source: str) -> str:
+    files = sorted(p for pattern in ("*.safetensors", "*.bin") for p in Path(source).glob(pattern))
+    return ", ".join(map(str, files)) if files else source
+
+
+@contextlib.contextmanager
+def _quiet_loading():
+    """Silence transformers' load-time warnings: the checks below turn the ones that matter into errors."""
+    from transformers.utils import logging as hf_logging
+
+    level = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(level)
+
+
 def _load_tokenizer(source: str | Path):
-    tokenizer = AutoTokenizer.from_pretrained(str(source))
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(str(source))
+    except Exception as error:  # a corrupt tokenizer.json, a missing file, ...
+        raise ValueError(f"cannot load the tokenizer in {source} ({_first_line(error)}); re-save or re-download "
+                         "the model") from error
     tokenizer.padding_side = "left"  # decoding appends on the right, so prompts align on the right
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer
+
+
+def _load_config(source: str, what: str, trust_remote_code: bool = False):
+    try:
+        return AutoConfig.from_pretrained(source, trust_remote_code=trust_remote_code)
+    except Exception as error:
+        raise ValueError(f"{what}: cannot read the model config in {source} ({_first_line(error)})") from error
+
+
+def _load_model(loader, source: str, what: str, **kwargs):
+    """The model, or an error naming its files; a checkpoint that lacks weights the model needs is refused
+    (transformers would initialise them at random with only a warning)."""
+    try:
+        with _quiet_loading():
+            model, info = loader.from_pretrained(source, output_loading_info=True, **kwargs)
+    except Exception as error:  # SafetensorError, OSError, ... from a corrupt or partial checkpoint
+        raise ValueError(f"{what}: cannot load the weights {_weight_files(source)} ({_first_line(error)}); the "
+                         "file may be corrupt or incomplete: re-save or re-download the model") from error
+    missing = list(info.get("missing_keys") or []) + [str(k[0]) if isinstance(k, tuple) else str(k)
+                                                       for k in info.get("mismatched_keys") or []]
+    if missing:
+        architectures = getattr(model.config, "architectures", None)
+        raise ValueError(f"{what}: the checkpoint in {source} has no trained weights for "
+                         f"{', '.join(sorted(missing)[:4])} (it was saved as {architectures}); "
+                         f"pass a {what} checkpoint")
+    return model
+
+
+def _context(config) -> int | None:
+    value = getattr(config, "max_position_embeddings", None)
+    return int(value) if isinstance(value, int) and value > 0 else None
 
 
 class TransformersGenerator:
@@ -59,9 +119,27 @@ class TransformersGenerator:
         self.name = name or Path(str(model)).name
         self.sampling, self.seed, self.system_prompt, self.batch_size = sampling, seed, system_prompt, batch_size
         self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        architectures = getattr(_load_config(source, "generator"), "architectures", None) or []
+        if architectures and not any(a.endswith(("ForCausalLM", "LMHeadModel", "ForConditionalGeneration"))
+                                     for a in architectures):
+            raise ValueError(f"generator: the model in {source} is a {', '.join(architectures)}, not a causal "
+                             "language model; pass a generator's directory (its config names a *ForCausalLM)")
         self.tokenizer = _load_tokenizer(source)
-        self.model = AutoModelForCausalLM.from_pretrained(source, torch_dtype=dtype).to(self.device).eval()
+        self.model = _load_model(AutoModelForCausalLM, source, "generator", torch_dtype=dtype).to(self.device).eval()
+        self.context = _context(self.model.config)
+        self.overflows = 0  # prompts longer than the model's context (decoded anyway, with a warning)
         self.reuse_prefix, self.prefixes = reuse_prefix, PrefixCache(prefix_cache_bytes)
+
+    def _check_context(self, encoded: list[list[int]]) -> None:
+        """Warn (once per generator, with counts) when prompts are longer than the model's context."""
+        over = [len(ids) for ids in encoded if self.context and len(ids) > self.context]
+        if not over:
+            return
+        if not self.overflows:
+            warnings.warn(f"{self.name}: {len(over)} of {len(encoded)} prompts are longer than the model's context "
+                          f"(longest {max(over)} tokens > {self.context}); they are decoded anyway and their steps "
+                          "are unreliable. Later overflows are counted in `.overflows`.", stacklevel=4)
+        self.overflows += len(over)
 
     @cached_property
     def stop_ids(self) -> torch.Tensor:
@@ -86,6 +164,7 @@ class TransformersGenerator:
     def _propose_batch(self, requests: Sequence[StepRequest]) -> list[StepProposal]:
         rngs = [np.random.default_rng(request_seed(self.seed, self.name, r)) for r in requests]
         encoded = [self.tokenizer(self.prompt(r), add_special_tokens=False).input_ids for r in requests]
+        self._check_context(encoded)
         # Continue from the longest cached prompt of this problem (its previous steps' prompts).
         found = [self.prefixes.find([(r.question, r.steps[:k]) for k in range(len(r.steps) - 1, -1, -1)], ids)
                  if self.reuse_prefix else None for r, ids in zip(requests, encoded)]
@@ -149,19 +228,46 @@ class StepTagPRM:
         self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         self.tokenizer = _load_tokenizer(source)
         self.step_tag, self.system_prompt, self.batch_size = step_tag, system_prompt, batch_size
-        self.step_tag_id = self.tokenizer.convert_tokens_to_ids(step_tag)
+        if system_prompt and step_tag in system_prompt:
+            raise ValueError(f"PRM {source}: the system prompt contains the step tag {step_tag!r}")
+        self.step_tag_id = self._check_step_tag(source)
+        config = _load_config(source, "PRM", trust_remote_code)
+        if not trust_remote_code and getattr(config, "num_labels", 2) < 2:
+            raise ValueError(f"PRM {source}: its head has {config.num_labels} label(s); a step-tag PRM reads "
+                             "P(correct) as label 1 of a 2-label head")
         loader = AutoModel if trust_remote_code else AutoModelForTokenClassification
-        self.model = loader.from_pretrained(source, torch_dtype=dtype,
-                                            trust_remote_code=trust_remote_code).to(self.device).eval()
-        self.max_length = max_length or getattr(self.model.config, "max_position_embeddings", 4096)
+        self.model = _load_model(loader, source, "PRM", torch_dtype=dtype,
+                                 trust_remote_code=trust_remote_code).to(self.device).eval()
+        self.max_length = max_length or _context(self.model.config) or 4096
+        self.overflows = 0  # inputs longer than max_length, scored with their earliest steps dropped
         self.reuse_prefix = reuse_prefix
         self.prefixes = PrefixCache(prefix_cache_bytes)  # (question, steps) -> ids, per-layer K/V, scores
+
+    def _check_step_tag(self, source) -> int:
+        """The tag's token id; refused when the tokenizer has no single token for it (scores would be read
+        nowhere, or at the wrong places) or when its chat template loses or adds tags."""
+        tag_id = self.tokenizer.convert_tokens_to_ids(self.step_tag)
+        ids = self.tokenizer(self.step_tag, add_special_tokens=False).input_ids
+        if tag_id is None or tag_id == self.tokenizer.unk_token_id or ids != [tag_id]:
+            raise ValueError(f"PRM {source}: its tokenizer has no token for the step tag {self.step_tag!r} (it reads "
+                             f"as {len(ids)} tokens); pass the PRM's own tag as step_tag, or a PRM whose tokenizer "
+                             "defines it")
+        rendered = self.tokenizer(self.text("question", ["a", "b"]), add_special_tokens=False).input_ids
+        if rendered.count(tag_id) != 2:
+            raise ValueError(f"PRM {source}: its chat template turns two tagged steps into {rendered.count(tag_id)} "
+                             f"step tags {self.step_tag!r}; the PRM's scores could not be matched to steps")
+        return tag_id
 
     def text(self, question: str, steps: Sequence[str]) -> str:
         return prm_text(self.tokenizer, question, steps, self.step_tag, self.system_prompt)
 
     def score(self, questions: Sequence[str], steps: Sequence[Sequence[str]]) -> list[list[float]]:
-        for s in steps:
+        if len(questions) != len(steps):
+            raise ValueError(f"{len(questions)} questions but {len(steps)} step lists")
+        for row, (q, s) in enumerate(zip(questions, steps)):
+            if self.step_tag in q:
+                raise ValueError(f"the question of row {row} contains the PRM's step tag {self.step_tag!r}, which "
+                                 f"would add a score: {q[:80]!r}")
             for step in s:
                 if self.step_tag in step:
                     raise ValueError(f"a step contains the PRM's step tag {self.step_tag!r}: {step!r}")
@@ -190,15 +296,28 @@ class StepTagPRM:
                                              [encoded[i] for i in incremental])
             result = _place(result, incremental, scored)
         if full:
-            result = _place(result, full, self._score_full([encoded[i] for i in full], [len(steps[i]) for i in full]))
+            over = [len(encoded[i]) for i in full if not fits[i]]
+            if over:
+                if not self.overflows:
+                    warnings.warn(f"{self.name}: {len(over)} of {len(encoded)} inputs are longer than the PRM's "
+                                  f"context (longest {max(over)} tokens > {self.max_length}); their earliest steps "
+                                  "were dropped, keeping the question, and score NaN. Later overflows are counted in "
+                                  "`.overflows`.", stacklevel=4)
+                self.overflows += len(over)
+            fitted = [self._fit(questions[i], steps[i], encoded[i]) for i in full]
+            result = _place(result, full, self._score_full(fitted, [len(steps[i]) for i in full]))
         return result
+
+    def _fit(self, question: str, steps: Sequence[str], ids: list[int]) -> list[int]:
+        return fit_to_context(lambda q, s: self.tokenizer(self.text(q, s), add_special_tokens=False).input_ids,
+                              question, steps, ids, self.max_length)
 
     def _tag_scores(self, logits: torch.Tensor, ids: torch.Tensor) -> list[float]:
         return torch.softmax(logits.float(), dim=-1)[..., 1][ids == self.step_tag_id].tolist()
 
     @torch.inference_mode()
     def _score_full(self, encoded: list[list[int]], n_steps: list[int]) -> list[list[float]]:
-        # Left truncation: keep the latest steps and their tags, as the official release does.
+        # Rows arrive fitted to the context (`_fit`); the cut is a guard.
         encoded = [ids[-self.max_length:] for ids in encoded]
         width = max(len(ids) for ids in encoded)
         pad = self.tokenizer.pad_token_id

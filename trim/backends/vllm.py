@@ -18,7 +18,7 @@ import warnings
 from pathlib import Path
 from typing import Sequence
 
-from trim.backends.prompts import PRM_STEP_TAG, chat_prompt, load_tokenizer, prm_text
+from trim.backends.prompts import PRM_STEP_TAG, chat_prompt, fit_to_context, load_tokenizer, prm_text
 from trim.protocols import STEP_DELIMITER, SamplingParams, StepProposal, StepRequest, request_seed
 
 # The vLLM versions this module is written against (the offline API, `runner="pooling"`, STEP pooling).
@@ -107,8 +107,8 @@ class VLLMStepTagPRM:
 
     Steps are joined with the step tag in the assistant turn, as for `StepTagPRM`; vLLM's STEP pooling
     returns the 2-label softmax at each tag, and the reward of a step is its positive probability. An
-    input longer than the PRM's context keeps its last `max_model_len` tokens (left truncation, as the
-    official release asks its server to do); steps whose tags fell off get NaN, and a warning counts them."""
+    input longer than the PRM's context keeps the question and drops its earliest steps (`fit_to_context`,
+    as `StepTagPRM` does); those steps get NaN, and a warning counts the inputs."""
 
     def __init__(self, model: str | Path, name: str | None = None, step_tag: str = PRM_STEP_TAG,
                  system_prompt: str | None = None, max_model_len: int | None = None,
@@ -139,13 +139,17 @@ class VLLMStepTagPRM:
         for question, prefix in zip(questions, steps):
             if any(self.step_tag in text for text in (question, *prefix)):
                 raise ValueError(f"{self.name}: a question or step contains the PRM's step tag {self.step_tag!r}")
-        encoded = [self.tokenizer(self.text(q, s), add_special_tokens=False).input_ids
-                   for q, s in zip(questions, steps)]
+        def encode(question, prefix):
+            return self.tokenizer(self.text(question, prefix), add_special_tokens=False).input_ids
+
+        encoded = [encode(q, s) for q, s in zip(questions, steps)]
         over = sum(len(ids) > self.max_model_len for ids in encoded)
         if over:
             warnings.warn(f"{self.name}: {over} of {len(encoded)} PRM inputs exceed its context of "
-                          f"{self.max_model_len} tokens; their earliest tokens are dropped", stacklevel=2)
-        encoded = [ids[-self.max_model_len:] for ids in encoded]
+                          f"{self.max_model_len} tokens; their earliest steps are dropped, keeping the question",
+                          stacklevel=2)
+        encoded = [fit_to_context(encode, q, s, ids, self.max_model_len)
+                   for q, s, ids in zip(questions, steps, encoded)]
         outputs = self.llm.encode([TokensPrompt(prompt_token_ids=ids) for ids in encoded],
                                   PoolingParams(step_tag_id=self.step_tag_id), pooling_task="token_classify",
                                   use_tqdm=False)
