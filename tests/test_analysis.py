@@ -29,7 +29,7 @@ def problems(tb):
 
 def _corrupt(step: str) -> str:
     """The same step with a wrong result (mod 11 values are 0..10, so +1 mod 11 is always different)."""
-    head, result = step.split(" = ")
+    head, _, result = step.rpartition(" = ")
     value = int(result.split(",")[0]) if "," in result else int(result)
     return f"{head} = {(value + 1) % 11}" + (result[result.index(","):] if "," in result else "")
 

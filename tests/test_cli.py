@@ -306,3 +306,16 @@ def test_broken_model_folders_are_one_line_errors(tmp_path, role, make, needles)
     models = _models_with(tmp_path, role, make)
     assert_one_line_error(console("run", "--problems", "2", "--quiet", "--models", models, "--out", tmp_path / "out"),
                           *needles)
+
+
+def test_presets_are_choices_and_bad_combinations_are_refused(capsys, tmp_path):
+    from trim.presets import PRESETS
+
+    with pytest.raises(SystemExit):
+        main(["run", "--preset", "nope"])
+    usage = capsys.readouterr().err
+    assert all(name in usage for name in PRESETS)
+    code, _, err = run_cli(capsys, "run", "--dataset", "math500", "--quiet", "--out", tmp_path)
+    assert code == 2 and "solve only their own task" in err
+    code, _, err = run_cli(capsys, "run", "--preset", "colab-t4", "--models", tmp_path, "--out", tmp_path)
+    assert code == 2 and "cannot be combined with --preset colab-t4" in err

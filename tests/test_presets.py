@@ -89,3 +89,15 @@ def test_the_vllm_export_of_the_testbed_prm_computes_the_same_scores(tmp_path):
     tags = torch.tensor(ids) == original.step_tag_id
     exported = torch.softmax(logits, -1)[tags, 1].tolist()
     assert exported == pytest.approx(original.score([problem.question], [steps])[0], abs=1e-5)
+
+
+def test_cpu_smoke_runs_a_real_chat_model_through_the_same_code():
+    """SmolLM2-135M-Instruct from PyPI: its own chat template, and a step that ends at a blank line."""
+    from trim.protocols import StepRequest
+
+    weak = presets._generator(presets.PRESETS["cpu-smoke"], "weak", presets.PRESETS["cpu-smoke"].weak, seed=0)
+    request = StepRequest("q1", "What is 12 times 7? Reason step by step, then give the answer.")
+    assert "<|im_start|>assistant" in weak.prompt(request)  # SmolLM2's template, not the testbed's
+    step = weak.propose([request])[0]
+    assert step.tokens > 0 and "\n\n" not in step.text and step.text.strip()
+    assert weak.propose([request])[0] == step  # seeded per request: the same step again

@@ -16,6 +16,7 @@ from pathlib import Path
 import pandas as pd
 
 from trim.policies import POLICIES
+from trim.presets import PRESETS
 
 SPLITS = ("train", "validation", "test", "shifted")
 MODEL_ROLES = ("weak", "strong", "prm")
@@ -72,6 +73,11 @@ def _common(p: argparse.ArgumentParser) -> None:
                    help="stop a solution after this many decoded tokens")
     p.add_argument("--models", default=None,
                    help="folder with weak/, strong/ and prm/ model directories (default: the shipped testbed)")
+    p.add_argument("--preset", choices=list(PRESETS), default="testbed",
+                   help="model trio (default: testbed, on the CPU); the others need a GPU and vLLM, see chapter 7")
+    p.add_argument("--dataset", default=None,
+                   help="solve this benchmark's test split (e.g. math500) instead of a testbed split; real-model "
+                        "presets only")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
@@ -172,10 +178,18 @@ def check_trace(path: Path, expected: dict) -> None:
 def _problems(args, split: str | None = None) -> list:
     from trim import testbed
 
-    split = split or args.split
-    problems = testbed.Splits()[split][: args.problems]
+    if args.dataset:
+        from trim.data import load_dataset
+
+        if args.preset == "testbed":
+            raise CommandError(f"--dataset {args.dataset}: the testbed models solve only their own task; pick a "
+                               "real-model --preset (e.g. colab-t4), or drop --dataset")
+        problems = load_dataset(args.dataset, "test")[: args.problems]
+    else:
+        split = split or args.split
+        problems = testbed.Splits()[split][: args.problems]
     if not problems:
-        raise CommandError(f"split {split!r} gave no problems to solve")
+        raise CommandError(f"{args.dataset or split!r} gave no problems to solve")
     return problems
 
 
@@ -184,16 +198,24 @@ def _harness(args, trace_dir: Path, split: str | None = None, before_load=None):
     from trim.engine import RunSettings
     from trim.experiment import Harness
 
-    models = check_models(args.models)
+    if args.models and args.preset != "testbed":
+        raise CommandError(f"--models replaces the testbed's folder; it cannot be combined with --preset {args.preset}")
+    models = check_models(args.models) if args.preset == "testbed" else None
     problems = _problems(args, split)
     trace_dir = check_out_dir(trace_dir)
     if before_load is not None:
         before_load(trace_dir, problems)
     # The run seed varies the samples; the generators keep seed 0 so that seed s reproduces `--seed s`.
-    tb = testbed.load(data_dir=models)
+    if args.preset == "testbed":
+        tb = testbed.load(data_dir=models)
+        weak, strong, prm = tb.weak, tb.strong, tb.prm
+    else:
+        from trim import presets
+
+        weak, strong, prm = presets.load(args.preset)
     run = RunSettings(seed=args.seed, max_steps=args.max_steps, max_tokens=args.max_tokens)
     progress = False if args.quiet else None
-    return Harness(tb.weak, tb.strong, tb.prm, run, trace_dir=trace_dir, progress=progress), problems
+    return Harness(weak, strong, prm, run, trace_dir=trace_dir, progress=progress), problems
 
 
 def _print(frame: pd.DataFrame) -> None:

@@ -62,9 +62,9 @@ def _quiet_loading():
         hf_logging.set_verbosity(level)
 
 
-def _load_tokenizer(source: str | Path):
+def _load_tokenizer(source: str | Path, **kwargs):
     try:
-        tokenizer = AutoTokenizer.from_pretrained(str(source))
+        tokenizer = AutoTokenizer.from_pretrained(str(source), **kwargs)
     except Exception as error:  # a corrupt tokenizer.json, a missing file, ...
         raise ValueError(f"cannot load the tokenizer in {source} ({_first_line(error)}); re-save or re-download "
                          "the model") from error
@@ -114,11 +114,21 @@ class TransformersGenerator:
     def __init__(self, model: str | Path, sampling: SamplingParams = SamplingParams(), name: str | None = None,
                  seed: int = 0, device: str | None = None, dtype: torch.dtype | None = None,
                  system_prompt: str | None = None, batch_size: int = 256, reuse_prefix: bool = True,
-                 prefix_cache_bytes: int = 1 << 30):
-        source = _resolve_source(model, "generator")
+                 prefix_cache_bytes: int = 1 << 30, gguf_file: str | None = None):
         self.name = name or Path(str(model)).name
         self.sampling, self.seed, self.system_prompt, self.batch_size = sampling, seed, system_prompt, batch_size
         self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        self.reuse_prefix, self.prefixes = reuse_prefix, PrefixCache(prefix_cache_bytes)
+        self.overflows = 0  # prompts longer than the model's context (decoded anyway, with a warning)
+        if gguf_file is not None:  # a GGUF checkpoint (llama.cpp's format): transformers dequantises it
+            if not (Path(model) / gguf_file).is_file():
+                raise FileNotFoundError(f"generator: no GGUF file {Path(model) / gguf_file}")
+            self.tokenizer = _load_tokenizer(model, gguf_file=gguf_file)
+            self.model = _load_model(AutoModelForCausalLM, str(model), "generator", gguf_file=gguf_file,
+                                     torch_dtype=dtype).to(self.device).eval()
+            self.context = _context(self.model.config)
+            return
+        source = _resolve_source(model, "generator")
         architectures = getattr(_load_config(source, "generator"), "architectures", None) or []
         if architectures and not any(a.endswith(("ForCausalLM", "LMHeadModel", "ForConditionalGeneration"))
                                      for a in architectures):
@@ -127,8 +137,6 @@ class TransformersGenerator:
         self.tokenizer = _load_tokenizer(source)
         self.model = _load_model(AutoModelForCausalLM, source, "generator", torch_dtype=dtype).to(self.device).eval()
         self.context = _context(self.model.config)
-        self.overflows = 0  # prompts longer than the model's context (decoded anyway, with a warning)
-        self.reuse_prefix, self.prefixes = reuse_prefix, PrefixCache(prefix_cache_bytes)
 
     def _check_context(self, encoded: list[list[int]]) -> None:
         """Warn (once per generator, with counts) when prompts are longer than the model's context."""

@@ -1,4 +1,5 @@
-"""Measure the testbed models: next-step accuracy, whole solutions, errors by step type, PRM quality."""
+"""Measure the testbed models: next-step accuracy, whole solutions, errors by step type, step lengths,
+PRM scores by hidden state, and how well the weak model's own likelihood judges its steps."""
 
 from __future__ import annotations
 
@@ -16,6 +17,20 @@ from trim.testbed import task
 MAX_STEPS = 30
 
 
+def torch_no_grad_lazy(fn):
+    """`torch.no_grad` without importing torch when this module is imported."""
+    import functools
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        import torch
+
+        with torch.no_grad():
+            return fn(*args, **kwargs)
+
+    return wrapper
+
+
 @dataclasses.dataclass
 class Sample:
     """One model-written solution with exact step labels."""
@@ -28,8 +43,22 @@ class Sample:
 
     @property
     def on_track(self) -> list[bool]:
-        """Step t is on track iff steps 1..t are all correct (the PRM's label, see prm_training)."""
+        """Step t is on track iff steps 1..t are all correct."""
         return list(np.cumprod(self.step_correct).astype(bool))
+
+    @property
+    def states(self) -> list[str]:
+        """The hidden state of every step (TRIM-POMDP's): "S0" all steps so far correct, "S2" this step
+        is the first error, "S1" an earlier step was wrong."""
+        return step_states(self.step_correct)
+
+
+def step_states(step_correct: Sequence[bool]) -> list[str]:
+    states, wrong = [], False
+    for ok in step_correct:
+        states.append("S1" if wrong else ("S0" if ok else "S2"))
+        wrong = wrong or not ok
+    return states
 
 
 def next_step_samples(generator, problems: Sequence[task.ChainProblem], seed: int = 0) -> pd.DataFrame:
@@ -76,15 +105,86 @@ def solution_table(samples: Sequence[Sample]) -> dict[str, float]:
 
 
 def prm_step_table(prm, samples: Sequence[Sample]) -> pd.DataFrame:
-    """PRM score of every step of every sample, beside its exact labels."""
+    """PRM score of every step of every sample, beside its exact labels, hidden state and length."""
     scores = prm.score([s.problem.question for s in samples], [s.steps for s in samples])
     rows = []
     for s, sc in zip(samples, scores):
         first_error = next((i for i, ok in enumerate(s.step_correct) if not ok), -1)
-        for i, (r, ok, track) in enumerate(zip(sc, s.step_correct, s.on_track)):
+        for i, (r, ok, track, state) in enumerate(zip(sc, s.step_correct, s.on_track, s.states)):
             rows.append({"problem_id": s.problem.id, "step": i + 1, "step_type": s.problem.step_type(i),
-                         "score": r, "correct": ok, "on_track": track, "first_error": first_error})
+                         "score": r, "correct": ok, "on_track": track, "first_error": first_error,
+                         "state": state, "tokens": s.tokens[i]})
     return pd.DataFrame(rows)
+
+
+def step_length_stats(samples: Sequence[Sample]) -> dict[str, float]:
+    """Tokens per step: mean, coefficient of variation, and the first wrong step's length against the mean
+    (real chain-of-thought: CV 0.70, first error 1.44x the mean step)."""
+    lengths = np.array([t for s in samples for t in s.tokens], dtype=float)
+    first = [s.tokens[s.step_correct.index(False)] for s in samples if not all(s.step_correct)]
+    return {"steps_per_solution": float(np.mean([len(s.steps) for s in samples])),
+            "tokens_per_step": float(lengths.mean()),
+            "tokens_per_step_cv": float(lengths.std() / lengths.mean()),
+            "first_error_length_ratio": float(np.mean(first) / lengths.mean()) if first else float("nan")}
+
+
+def state_stats(scores: np.ndarray, states: np.ndarray) -> dict[str, dict[str, float]]:
+    """Marginals of a score per hidden state, as DESIGN 3.1 tabulates the real PRM's."""
+    out = {}
+    for state in ("S0", "S1", "S2"):
+        r = scores[states == state]
+        out[state] = {"steps": int(len(r)),
+                      "P(r<0.1)": float(np.mean(r < 0.1)) if len(r) else float("nan"),
+                      "P(r<0.5)": float(np.mean(r < 0.5)) if len(r) else float("nan"),
+                      "P(r>=0.9)": float(np.mean(r >= 0.9)) if len(r) else float("nan"),
+                      "P(r>=0.95)": float(np.mean(r >= 0.95)) if len(r) else float("nan")}
+    return out
+
+
+def state_auroc(scores: np.ndarray, states: np.ndarray, positive: str = "S0", negative: str = "S2") -> float:
+    """AUROC of a score separating steps in state `positive` from steps in state `negative`."""
+    from trim.prm_quality import auroc
+
+    keep = (states == positive) | (states == negative)
+    return auroc(scores[keep], (states[keep] == positive).astype(int))
+
+
+@torch_no_grad_lazy
+def self_confidence(generator, samples: Sequence[Sample], batch_size: int = 64) -> list[list[float]]:
+    """The weak model's own judgement of each step it wrote: the mean log-probability per token of the
+    step given its prefix, at temperature 1 (what AutoMix's self-verification reads, per step; see
+    `trim.baselines.weak_confidence` for whole solutions)."""
+    import torch
+
+    from trim.protocols import STEP_DELIMITER, StepRequest
+
+    tok, model = generator.tokenizer, generator.model
+    delimiter = tok(STEP_DELIMITER, add_special_tokens=False).input_ids
+    out: list[list[float]] = []
+    for start in range(0, len(samples), batch_size):
+        chunk = samples[start: start + batch_size]
+        rows, spans = [], []
+        for s in chunk:
+            ids = tok(generator.prompt(StepRequest("", s.problem.question)), add_special_tokens=False).input_ids
+            bounds = []
+            for i, step in enumerate(s.steps):
+                if i:
+                    ids = ids + delimiter
+                piece = tok(step, add_special_tokens=False).input_ids
+                bounds.append((len(ids), len(ids) + len(piece)))
+                ids = ids + piece
+            rows.append(ids)
+            spans.append(bounds)
+        width = max(len(r) for r in rows)
+        ids = torch.full((len(rows), width), tok.pad_token_id)
+        mask = torch.zeros_like(ids)
+        for row, r in enumerate(rows):
+            ids[row, : len(r)], mask[row, : len(r)] = torch.tensor(r), 1
+        logp = torch.log_softmax(model(input_ids=ids, attention_mask=mask).logits[:, :-1].float(), -1)
+        token_logp = logp.gather(-1, ids[:, 1:].unsqueeze(-1)).squeeze(-1)
+        for row, bounds in enumerate(spans):
+            out.append([float(token_logp[row, a - 1: b - 1].mean()) if b > a else 0.0 for a, b in bounds])
+    return out
 
 
 def solutions_frame(samples: Sequence[Sample]) -> pd.DataFrame:

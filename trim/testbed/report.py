@@ -1,23 +1,34 @@
-"""`trim testbed report`: the testbed's calibration against the real Qwen2.5 pair, as one table."""
+"""`trim testbed report`: the testbed's calibration against the real models, as one table and one figure.
+
+    trim testbed report --problems 1000 --out data/results/testbed_calibration.json
+    python -m trim.testbed.report --split-seed 7 --problems 300      # a fresh sample of the task
+
+Everything is measured on weak-model steps labelled exactly, with the testbed's own sampling settings,
+beside the real value (`trim.testbed.reference`) and the range the testbed must land in. With `--out`
+the per-state PRM score histograms are also drawn into a PNG beside the JSON file.
+"""
 
 from __future__ import annotations
 
+import argparse
 import json
 import time
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from trim import prm_quality
-from trim.testbed import evaluate
+from trim.testbed import evaluate, task
+from trim.testbed.reference import REAL, REAL_PRM_AUROC, REAL_PRM_STATES, real_prm_bin_masses
 
-# What the real setting measured (the official release's step accuracies and endpoints), and the ranges
-# the testbed must hit.
-REAL = {"weak": {"next_step_accuracy": 0.866, "solution_accuracy": 0.376},
-        "strong": {"next_step_accuracy": 0.9704, "solution_accuracy": 0.771}}
-TARGETS = {"weak": {"next_step_accuracy": (0.82, 0.90), "solution_accuracy": (0.30, 0.50)},
-           "strong": {"next_step_accuracy": (0.965, 1.0), "solution_accuracy": (0.75, 0.90)}}
+# The model ranges by role, as the first report and its tests use them.
+TARGETS = {role: {"next_step_accuracy": REAL[f"{role} next-step accuracy"][1],
+                  "solution_accuracy": REAL[f"{role} whole-solution accuracy"][1]} for role in ("weak", "strong")}
+# The first report's range for the PRM's AUROC on on-track labels (all steps so far correct or not); the
+# per-state ranges of `trim.testbed.reference.REAL` are the stricter, real-PRM-based ones.
 PRM_AUROC_TARGET = (0.85, 0.95)
+HISTOGRAM_BINS = 20
 
 
 def measure(testbed, problems, seed: int = 0) -> dict:
@@ -33,66 +44,154 @@ def measure(testbed, problems, seed: int = 0) -> dict:
         result[role] = {
             "next_step_accuracy": float(steps["correct"].mean()),
             **evaluate.solution_table(samples[role]),
+            **evaluate.step_length_stats(samples[role]),
             "error_rate_by_type": {k: float(1 - v) for k, v in by_type.items()},
         }
     table = evaluate.prm_step_table(testbed.prm, samples["weak"])
+    table["self_confidence"] = [c for cs in evaluate.self_confidence(testbed.weak, samples["weak"]) for c in cs]
     scores, labels = table["score"].to_numpy(), table["on_track"].to_numpy().astype(int)
+    states, confidence = table["state"].to_numpy(), table["self_confidence"].to_numpy()
     result["prm"] = {
         "auroc": prm_quality.auroc(scores, labels),
+        "auroc_s0_s2": evaluate.state_auroc(scores, states),
+        "auroc_s0_s1": evaluate.state_auroc(scores, states, "S0", "S1"),
+        "states": evaluate.state_stats(scores, states),
         "ece": prm_quality.expected_calibration_error(scores, labels),
         "steps_scored": len(table),
         "processbench": prm_quality.processbench_f1(table),
+        "histograms": state_histograms(scores, states),
         "histogram_correct": np.histogram(scores[labels == 1], bins=10, range=(0, 1))[0].tolist(),
         "histogram_wrong": np.histogram(scores[labels == 0], bins=10, range=(0, 1))[0].tolist(),
+    }
+    result["self_confidence"] = {
+        "measure": "weak model's mean token log-probability of its own step given the prefix (temperature 1)",
+        "auroc_s0_s2": evaluate.state_auroc(confidence, states),
+        "auroc_s0_s1": evaluate.state_auroc(confidence, states, "S0", "S1"),
+        "mean_by_state": {s: float(confidence[states == s].mean()) for s in ("S0", "S1", "S2")},
     }
     return result
 
 
+def _measured(result: dict) -> dict[str, float]:
+    weak, strong, prm = result["weak"], result["strong"], result["prm"]
+    s = prm["states"]
+    return {
+        "weak next-step accuracy": weak["next_step_accuracy"],
+        "strong next-step accuracy": strong["next_step_accuracy"],
+        "weak whole-solution accuracy": weak["solution_accuracy"],
+        "strong whole-solution accuracy": strong["solution_accuracy"],
+        "weak steps per solution": weak["steps_per_solution"],
+        "weak tokens-per-step CV": weak["tokens_per_step_cv"],
+        "weak first-error length / mean step": weak["first_error_length_ratio"],
+        "PRM S0 P(r<0.5)": s["S0"]["P(r<0.5)"],
+        "PRM S0 P(r>=0.9)": s["S0"]["P(r>=0.9)"],
+        "PRM S2 P(r<0.5)": s["S2"]["P(r<0.5)"],
+        "PRM S2 P(r>=0.9)": s["S2"]["P(r>=0.9)"],
+        "PRM S1 P(r<0.5)": s["S1"]["P(r<0.5)"],
+        "PRM AUROC S0 vs S2": prm["auroc_s0_s2"],
+        "self-confidence AUROC S0 vs S2": result["self_confidence"]["auroc_s0_s2"],
+        "PRM AUROC minus self-confidence AUROC": prm["auroc_s0_s2"] - result["self_confidence"]["auroc_s0_s2"],
+    }
+
+
 def calibration_frame(result: dict) -> pd.DataFrame:
+    """One row per calibrated measure: the testbed's value, the real one, the range, and whether it holds;
+    then the diagnostics without a range."""
     rows = []
-    for role in ("weak", "strong"):
-        r = result[role]
-        errors = r["error_rate_by_type"]
-        rows += [
-            (role, "next-step accuracy (correct prefix)", r["next_step_accuracy"], REAL[role]["next_step_accuracy"],
-             TARGETS[role]["next_step_accuracy"]),
-            (role, "whole-solution accuracy", r["solution_accuracy"], REAL[role]["solution_accuracy"],
-             TARGETS[role]["solution_accuracy"]),
-            (role, "wrong step yet right answer", r["cascade_recovery"], None, (0.0, 0.05)),
-            (role, "hardest / easiest step-type error",
-             max(errors.values()) / min(errors.values()) if min(errors.values()) > 0 else np.inf, None,
-             (3.0, np.inf) if role == "weak" else None),
-            (role, "tokens per step", r["tokens_per_step"], None, None),
-            (role, "tokens per solution", r["tokens_per_solution"], None, None),
-        ]
-        rows += [(role, f"error rate: {k}", v, None, None) for k, v in errors.items()]
-    prm = result["prm"]
-    rows += [("prm", "AUROC on weak steps", prm["auroc"], None, PRM_AUROC_TARGET),
-             ("prm", "expected calibration error", prm["ece"], None, None),
-             ("prm", "ProcessBench F1 (threshold 0.5)", prm["processbench"]["f1"], None, None)]
-    frame = pd.DataFrame(rows, columns=["model", "measure", "testbed", "real Qwen2.5", "target"])
-    frame["in range"] = [None if t is None else bool(t[0] <= v <= t[1])
-                         for v, t in zip(frame["testbed"], frame["target"])]
-    return frame
+    for name, value in _measured(result).items():
+        real, (low, high) = REAL[name]
+        rows.append((name, value, real, f"[{low:g}, {high:g}]", bool(low <= value <= high)))
+    weak, strong, prm = result["weak"], result["strong"], result["prm"]
+    for name, value, real in [
+        ("weak wrong step yet right answer", weak["cascade_recovery"], None),
+        ("strong steps per solution", strong["steps_per_solution"], None),
+        ("weak tokens per step", weak["tokens_per_step"], None),
+        ("strong tokens per solution", strong["tokens_per_solution"], None),
+        ("PRM S0 P(r>=0.95)", prm["states"]["S0"]["P(r>=0.95)"], REAL_PRM_STATES["S0"]["P(r>=0.95)"]),
+        ("PRM S1 P(r>=0.9)", prm["states"]["S1"]["P(r>=0.9)"], REAL_PRM_STATES["S1"]["P(r>=0.9)"]),
+        ("PRM S2 P(r<0.1)", prm["states"]["S2"]["P(r<0.1)"], REAL_PRM_STATES["S2"]["P(r<0.1)"]),
+        ("PRM AUROC S0 vs S1", prm["auroc_s0_s1"], REAL_PRM_AUROC["S0 vs S1"]),
+        ("PRM AUROC on-track vs off-track", prm["auroc"], None),
+        ("PRM expected calibration error", prm["ece"], None),
+    ] + [(f"weak error rate: {k}", v, None) for k, v in weak["error_rate_by_type"].items()]:
+        rows.append((name, value, real, "", None))
+    return pd.DataFrame(rows, columns=["measure", "testbed", "real", "range", "pass"])
+
+
+def state_histograms(scores: np.ndarray, states: np.ndarray) -> dict[str, list[int]]:
+    """Counts of scores in `HISTOGRAM_BINS` bins on [0, 1], per hidden state."""
+    return {s: np.histogram(scores[states == s], bins=HISTOGRAM_BINS, range=(0, 1))[0].tolist()
+            for s in ("S0", "S1", "S2")}
+
+
+def state_histogram_figure(histograms: dict[str, list[int]], title: str | None = None):
+    """The testbed PRM's score histogram per hidden state beside the real PRM's marginals (DESIGN 3.1):
+    bars per 0.05 bin, and the mass in [0, 0.1), [0.1, 0.5), [0.5, 0.9), [0.9, 1] for both PRMs."""
+    import matplotlib.pyplot as plt
+
+    from trim.testbed.reference import REAL_PRM_BINS
+
+    fig, axes = plt.subplots(1, 3, figsize=(12, 3.4), sharey=True)
+    names = {"S0": "S0: all steps so far correct", "S1": "S1: an earlier step wrong",
+             "S2": "S2: this step is the first error"}
+    edges = np.linspace(0, 1, HISTOGRAM_BINS + 1)
+    for ax, state in zip(axes, ("S0", "S1", "S2")):
+        counts = np.array(histograms[state], dtype=float)
+        ax.bar(edges[:-1], counts / counts.sum(), width=np.diff(edges), align="edge", alpha=0.6,
+               label="testbed PRM (per 0.05 bin)")
+        masses = real_prm_bin_masses(state)
+        testbed_masses = [counts[(edges[:-1] >= a - 1e-9) & (edges[:-1] < b - 1e-9)].sum() / counts.sum()
+                          for a, b in zip(REAL_PRM_BINS[:-1], REAL_PRM_BINS[1:])]
+        mids = [(a + b) / 2 for a, b in zip(REAL_PRM_BINS[:-1], REAL_PRM_BINS[1:])]
+        ax.plot(mids, masses, "o-", color="C3", label="real Qwen2.5-Math-PRM-7B (mass per interval)")
+        ax.plot(mids, testbed_masses, "s--", color="C0", label="testbed PRM (mass per interval)")
+        ax.set_title(names[state], fontsize=10)
+        ax.set_xlabel("PRM score r_t")
+    axes[0].set_ylabel("share of steps")
+    axes[0].legend(fontsize=7, loc="upper center")
+    if title:
+        fig.suptitle(title, fontsize=11)
+    fig.tight_layout()
+    return fig
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m trim.testbed.report", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--problems", type=int, default=1000, help="problems to measure (default 1000)")
+    p.add_argument("--seed", type=int, default=0, help="sampling seed")
+    p.add_argument("--split", default="test", choices=list(task.SPLITS), help="split to draw from (default test)")
+    p.add_argument("--split-seed", type=int, default=0,
+                   help="seed of the problem generator (0: the shipped splits; any other: a fresh sample)")
+    p.add_argument("--out", default=None, help="also write the tables as JSON to this file, and the figure")
+    return p
 
 
 def main(args) -> int:
     from trim import testbed as tb
 
     start = time.time()
-    testbed = tb.load()  # the generators keep seed 0; --seed is the run seed
-    problems = testbed.splits["test"][: args.problems]
+    testbed = tb.load(split_seed=getattr(args, "split_seed", 0))  # the generators keep seed 0
+    problems = testbed.splits[getattr(args, "split", "test")][: args.problems]
     result = measure(testbed, problems, seed=args.seed)
+    result["split"] = getattr(args, "split", "test")
+    result["split_seed"] = getattr(args, "split_seed", 0)
     frame = calibration_frame(result)
-    with pd.option_context("display.width", 140, "display.max_colwidth", 40, "display.float_format", "{:.4f}".format):
+    result["table"] = frame.replace({np.nan: None}).to_dict(orient="records")
+    with pd.option_context("display.width", 140, "display.max_colwidth", 45, "display.float_format", "{:.4f}".format):
         print(frame.to_string(index=False))
-    prm = result["prm"]
-    print(f"\nPRM score histogram (10 bins on [0,1]) correct: {prm['histogram_correct']}")
-    print(f"PRM score histogram (10 bins on [0,1]) wrong:   {prm['histogram_wrong']}")
-    print(f"ProcessBench on weak samples: {prm['processbench']}")
-    print(f"{len(problems)} test problems, seed {args.seed}, sampling {result['sampling']}, "
-          f"{time.time() - start:.0f} s")
+    checked = frame["pass"].dropna()
+    print(f"\n{int(checked.sum())} of {len(checked)} ranges hold")
+    print(f"{len(problems)} {result['split']} problems (split seed {result['split_seed']}), seed {args.seed}, "
+          f"sampling {result['sampling']}, {time.time() - start:.0f} s")
     if args.out:
         with open(args.out, "w") as fh:
             json.dump(result, fh, indent=2)
+        figure = state_histogram_figure(result["prm"]["histograms"],
+                                        f"PRM score by hidden state, weak steps of {len(problems)} problems")
+        figure.savefig(Path(args.out).with_suffix(".png"), dpi=110)
     return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main(_parser().parse_args()))
