@@ -18,13 +18,13 @@ from __future__ import annotations
 
 import collections
 import dataclasses
-import hashlib
 import json
 import math
 from numbers import Real
 from typing import Sequence
 
 from trim import grading
+from trim.hashing import stable_digest
 from trim.policies import Observation, Policy
 from trim.progress import progress_bar
 from trim.protocols import STEP_DELIMITER, StepRequest
@@ -59,7 +59,7 @@ def problem_set(problems: Sequence) -> dict:
     """The identity of a list of problems: how many, the first and last id, and a digest of every
     (id, question, answer), so that another split, dataset, size or problem generator never shares a trace."""
     rows = sorted((str(p.id), str(p.question), str(p.answer)) for p in problems)
-    digest = hashlib.blake2b(json.dumps(rows).encode(), digest_size=16).hexdigest()
+    digest = stable_digest(json.dumps(rows))
     return {"count": len(rows), "first_id": rows[0][0] if rows else None,
             "last_id": rows[-1][0] if rows else None, "digest": digest}
 

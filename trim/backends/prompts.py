@@ -61,7 +61,7 @@ def fit_to_context(encode: Callable[[str, Sequence[str]], list[int]], question: 
     return best if best is not None else encode(question, steps[-1:])[-max_length:]
 
 
-def load_tokenizer(source: str | Path):
+def load_tokenizer(source: str | Path, **kwargs):
     """The tokenizer saved with a model (a directory or a hub id), as it was saved.
 
     transformers 5 (which vLLM needs) maps a generic saved fast tokenizer to the architecture's own
@@ -72,4 +72,4 @@ def load_tokenizer(source: str | Path):
     config = Path(str(source)) / "tokenizer_config.json"
     if config.is_file() and json.loads(config.read_text()).get("tokenizer_class") == "PreTrainedTokenizerFast":
         return PreTrainedTokenizerFast.from_pretrained(str(source))
-    return AutoTokenizer.from_pretrained(str(source))
+    return AutoTokenizer.from_pretrained(str(source), **kwargs)

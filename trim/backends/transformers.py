@@ -13,10 +13,10 @@ from typing import Sequence
 
 import numpy as np
 import torch
-from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoModelForTokenClassification, AutoTokenizer
+from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoModelForTokenClassification
 
 from trim.backends.prefix_cache import PastBatch, PrefixCache
-from trim.backends.prompts import PRM_STEP_TAG, chat_prompt, fit_to_context, prm_text
+from trim.backends.prompts import PRM_STEP_TAG, chat_prompt, fit_to_context, load_tokenizer, prm_text
 from trim.protocols import STEP_DELIMITER, SamplingParams, StepProposal, StepRequest, request_seed
 from trim.sampling import sample_rows
 
@@ -64,7 +64,7 @@ def _quiet_loading():
 
 def _load_tokenizer(source: str | Path, **kwargs):
     try:
-        tokenizer = AutoTokenizer.from_pretrained(str(source), **kwargs)
+        tokenizer = load_tokenizer(source, **kwargs)
     except Exception as error:  # a corrupt tokenizer.json, a missing file, ...
         raise ValueError(f"cannot load the tokenizer in {source} ({_first_line(error)}); re-save or re-download "
                          "the model") from error
