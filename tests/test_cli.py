@@ -94,9 +94,9 @@ def test_bad_files_are_one_line_errors(capsys, tmp_path):
 
 
 def test_empty_problem_list_is_refused(capsys, tmp_path, monkeypatch):
-    from trim import testbed
+    from trim.testbed import task
 
-    monkeypatch.setitem(testbed.task.SPLITS, "test", (2, 0, (2, 10), None))
+    monkeypatch.setattr(task, "make_split", lambda name, seed=0, size=None: [])
     code, _, err = run_cli(capsys, "run", "--quiet", "--out", tmp_path)
     assert code == 2 and "gave no problems" in err
 

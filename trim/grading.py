@@ -367,6 +367,9 @@ def _braced(toks: list[str], i: int, end: int) -> list[str]:
     return out
 
 
+_INTEGER_RE = re.compile(r"-?\d{1,18}")
+
+
 def _fast_accept(gold: str, prediction: str) -> bool:
     a, b = _canonical(gold), _canonical(prediction)
     return a is not None and a == b and len(a) > 0
@@ -1082,6 +1085,10 @@ def _precheck(gold: str | None, prediction: str | None) -> Status | None:
         return "parse_error"
     if _fast_accept(str(gold), str(prediction)):
         return "correct"
+    if _INTEGER_RE.fullmatch(str(gold).strip()) and _INTEGER_RE.fullmatch(str(prediction).strip()):
+        # Two plain integers that differ (equal ones were accepted above, or differ only in leading zeros):
+        # no notation can make them equivalent, so no worker is woken for them.
+        return "correct" if int(str(gold)) == int(str(prediction)) else "wrong"
     return None
 
 

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoModelForTokenClassification
 
-from trim.backends.prefix_cache import PastBatch, PrefixCache
+from trim.backends.prefix_cache import PastBatch, PrefixCache, attention_mask, prebuilt_masks
 from trim.backends.prompts import PRM_STEP_TAG, chat_prompt, fit_to_context, load_tokenizer, prm_text
 from trim.protocols import STEP_DELIMITER, SamplingParams, StepProposal, StepRequest, request_seed
 from trim.sampling import sample_rows
@@ -127,6 +127,7 @@ class TransformersGenerator:
             self.model = _load_model(AutoModelForCausalLM, str(model), "generator", gguf_file=gguf_file,
                                      torch_dtype=dtype).to(self.device).eval()
             self.context = _context(self.model.config)
+            self.prebuilt_masks = prebuilt_masks(self.model)
             return
         source = _resolve_source(model, "generator")
         architectures = getattr(_load_config(source, "generator"), "architectures", None) or []
@@ -137,6 +138,7 @@ class TransformersGenerator:
         self.tokenizer = _load_tokenizer(source)
         self.model = _load_model(AutoModelForCausalLM, source, "generator", torch_dtype=dtype).to(self.device).eval()
         self.context = _context(self.model.config)
+        self.prebuilt_masks = prebuilt_masks(self.model)
 
     def _check_context(self, encoded: list[list[int]]) -> None:
         """Warn (once per generator, with counts) when prompts are longer than the model's context."""
@@ -171,15 +173,16 @@ class TransformersGenerator:
     @torch.inference_mode()
     def _propose_batch(self, requests: Sequence[StepRequest]) -> list[StepProposal]:
         rngs = [np.random.default_rng(request_seed(self.seed, self.name, r)) for r in requests]
-        encoded = [self.tokenizer(self.prompt(r), add_special_tokens=False).input_ids for r in requests]
+        # One batched call: the fast tokenizer encodes the rows in parallel, in Rust.
+        encoded = self.tokenizer([self.prompt(r) for r in requests], add_special_tokens=False).input_ids
         self._check_context(encoded)
         # Continue from the longest cached prompt of this problem (its previous steps' prompts).
         found = [self.prefixes.find([(r.question, r.steps[:k]) for k in range(len(r.steps) - 1, -1, -1)], ids)
                  if self.reuse_prefix else None for r, ids in zip(requests, encoded)]
         batch = PastBatch(found, [ids[0 if f is None else len(f["ids"]):] for f, ids in zip(found, encoded)],
                           self.tokenizer.pad_token_id, self.device)
-        out = self.model(input_ids=batch.input_ids, attention_mask=batch.mask, position_ids=batch.positions,
-                         past_key_values=batch.cache, use_cache=True)
+        out = self.model(input_ids=batch.input_ids, attention_mask=batch.attention(self.prebuilt_masks),
+                         position_ids=batch.positions, past_key_values=batch.cache, use_cache=True)
         for row, (r, ids) in enumerate(zip(requests, encoded) if self.reuse_prefix else ()):
             # Keep all but the prompt's last token: the next call must feed at least one token.
             self.prefixes.put((r.question, r.steps), ids[:-1], batch.row_kv(row, batch.news[row] - 1))
@@ -201,8 +204,8 @@ class TransformersGenerator:
                 break
             mask = torch.cat([mask, (~done).long().unsqueeze(-1)], dim=-1)
             positions = positions + 1
-            out = self.model(input_ids=token.unsqueeze(-1), attention_mask=mask, position_ids=positions,
-                             past_key_values=out.past_key_values, use_cache=True)
+            out = self.model(input_ids=token.unsqueeze(-1), attention_mask=attention_mask(mask, 1, self.prebuilt_masks),
+                             position_ids=positions, past_key_values=out.past_key_values, use_cache=True)
         proposals = []
         for row in range(n):
             ids = generated[row, : lengths[row]].tolist()
@@ -247,6 +250,7 @@ class StepTagPRM:
         self.model = _load_model(loader, source, "PRM", torch_dtype=dtype,
                                  trust_remote_code=trust_remote_code).to(self.device).eval()
         self.max_length = max_length or _context(self.model.config) or 4096
+        self.prebuilt_masks = prebuilt_masks(self.model, trust_remote_code)
         self.overflows = 0  # inputs longer than max_length, scored with their earliest steps dropped
         self.reuse_prefix = reuse_prefix
         self.prefixes = PrefixCache(prefix_cache_bytes)  # (question, steps) -> ids, per-layer K/V, scores
@@ -286,8 +290,8 @@ class StepTagPRM:
         return scores
 
     def _score_batch(self, questions, steps) -> list[list[float]]:
-        encoded = [self.tokenizer(self.text(q, s), add_special_tokens=False).input_ids
-                   for q, s in zip(questions, steps)]
+        encoded = self.tokenizer([self.text(q, s) for q, s in zip(questions, steps)],
+                                 add_special_tokens=False).input_ids
         fits = [len(ids) <= self.max_length for ids in encoded]
         result: list = [None] * len(encoded)
         if self.reuse_prefix:
@@ -332,7 +336,8 @@ class StepTagPRM:
         input_ids = torch.tensor([[pad] * (width - len(ids)) + ids for ids in encoded], device=self.device)
         mask = torch.tensor([[0] * (width - len(ids)) + [1] * len(ids) for ids in encoded], device=self.device)
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
-        logits = self.model(input_ids=input_ids, attention_mask=mask, position_ids=positions).logits
+        logits = self.model(input_ids=input_ids, attention_mask=attention_mask(mask, width, self.prebuilt_masks),
+                            position_ids=positions).logits
         result = []
         for row, n in enumerate(n_steps):
             tag_scores = self._tag_scores(logits[row], input_ids[row])
@@ -347,8 +352,8 @@ class StepTagPRM:
                  for q, s, ids in zip(questions, steps, encoded)]
         batch = PastBatch(found, [ids[0 if f is None else len(f["ids"]):] for f, ids in zip(found, encoded)],
                           self.tokenizer.pad_token_id, self.device)
-        logits = self.model(input_ids=batch.input_ids, attention_mask=batch.mask, position_ids=batch.positions,
-                            past_key_values=batch.cache, use_cache=True).logits
+        logits = self.model(input_ids=batch.input_ids, attention_mask=batch.attention(self.prebuilt_masks),
+                            position_ids=batch.positions, past_key_values=batch.cache, use_cache=True).logits
         result = []
         for row, (q, s, ids) in enumerate(zip(questions, steps, encoded)):
             new = slice(batch.width - batch.news[row], batch.width)
