@@ -19,7 +19,6 @@ def main() -> None:
     parser.add_argument("--problems", type=int, default=64)
     parser.add_argument("--k", type=float, default=0.5)
     parser.add_argument("--models", default=None, help="a folder laid out like data/testbed (default: it)")
-    parser.add_argument("--strong", default="weak", help="model directory playing the strong role (default: weak)")
     args = parser.parse_args()
 
     import tempfile
@@ -37,9 +36,7 @@ def main() -> None:
     models = Path(args.models) if args.models else testbed.DATA_DIR
     engine = dict(dtype="float32", enforce_eager=True)
     weak = VLLMGenerator(models / "weak", testbed.SAMPLING["weak"], name="testbed-weak", **engine)
-    # vLLM's CPU kernels support head sizes 32, 64, ...; the testbed's strong model has 36, so on a CPU the
-    # weak model plays the strong role (as in tests/test_vllm.py). Pass --strong strong on a GPU.
-    strong = VLLMGenerator(models / args.strong, testbed.SAMPLING["strong"], name="testbed-strong", **engine)
+    strong = VLLMGenerator(models / "strong", testbed.SAMPLING["strong"], name="testbed-strong", **engine)
     prm = VLLMStepTagPRM(export_prm_for_vllm(models / "prm", Path(tempfile.mkdtemp()) / "prm"), **engine)
     problems = testbed.Splits()["test"][: args.problems]
     # Warm both engines once so that neither measured run pays first-call costs.

@@ -100,3 +100,22 @@ def test_generator_prefix_reuse_gives_the_same_solutions_as_rereading():
     b = evaluate.sample_solutions(reread, problems, seed=1)
     assert [s.steps for s in a] == [s.steps for s in b]
     assert reuse.prefixes.entries and not reread.prefixes.entries
+
+
+def test_prebuilt_attention_masks_give_exactly_the_models_own_numbers(random_prm):
+    """The backends build the 4-D attention mask themselves (faster on a CPU); every score and every sampled
+    step must be bit-for-bit what transformers computes from the 2-D padding mask."""
+    problems = task.make_split("test", size=12)
+    rng = np.random.default_rng(1)
+    solutions = [task.demonstration(p, rng, task.WEAK_TEACHER)[0] for p in problems]
+    ours, theirs = StepTagPRM(random_prm), StepTagPRM(random_prm)
+    theirs.prebuilt_masks = False
+    assert ours.prebuilt_masks
+    for t in (1, 2, 4):  # full passes first, then continuations from cached prefixes
+        rows = [(p.question, s[:t]) for p, s in zip(problems, solutions)]
+        assert ours.score(*zip(*rows)) == theirs.score(*zip(*rows))
+    fast, slow = (TransformersGenerator(DATA_DIR / "weak", SamplingParams(1.0, 1.0, 0, 48), name="w") for _ in "ab")
+    slow.prebuilt_masks = False
+    for t in (0, 1, 3):
+        requests = [StepRequest(p.id, p.question, tuple(s[:t]), seed=2) for p, s in zip(problems, solutions)]
+        assert fast.propose(requests) == slow.propose(requests)

@@ -6,10 +6,11 @@ import numpy as np
 import pytest
 from transformers import AutoModelForCausalLM, AutoModelForTokenClassification, AutoTokenizer
 
-from trim import prm_quality, testbed
+from trim import testbed
 from trim.protocols import StepRequest
 from trim.testbed import DATA_DIR, evaluate, task
-from trim.testbed.report import PRM_AUROC_TARGET, TARGETS
+from trim.testbed.reference import REAL
+from trim.testbed.report import TARGETS
 
 
 @pytest.fixture(scope="module")
@@ -85,12 +86,12 @@ def test_a_fixed_seed_sample_lands_in_the_calibration_ranges(tb):
     print(f"calibration sample of {len(problems)} problems in {time.time() - start:.1f} s")
 
 
-def test_prm_separates_correct_from_wrong_weak_steps(tb):
+def test_prm_separates_first_errors_from_clean_steps(tb):
     samples = evaluate.sample_solutions(tb.weak, tb.splits["test"][:200], seed=0)
     table = evaluate.prm_step_table(tb.prm, samples)
-    auc = prm_quality.auroc(table["score"].to_numpy(), table["on_track"].to_numpy())
-    low, high = PRM_AUROC_TARGET
-    assert low - 0.03 <= auc <= high + 0.03, auc  # 200 problems: a little sampling slack around the target
+    auc = evaluate.state_auroc(table["score"].to_numpy(), table["state"].to_numpy())
+    low, high = REAL["PRM AUROC S0 vs S2"][1]
+    assert low - 0.03 <= auc <= high + 0.03, auc  # 200 problems: a little sampling slack around the range
 
 
 def test_hidden_states_follow_the_first_error():
@@ -112,12 +113,8 @@ def test_report_table_names_every_range_of_the_issue():
 
 def test_the_ranges_on_a_fresh_sample_of_the_task(tb):
     """Problems drawn with another seed than the shipped splits', weak-model steps labelled exactly: the
-    calibration must be the task's, not the shipped test split's. Asserted: the ranges the shipped
-    testbed meets (the models' accuracies and solution lengths). The step-length, PRM-by-state and
-    self-confidence ranges are measured and reported by `trim testbed report`; testbed v1 misses them
-    (data/results/testbed_calibration_v1_300.json), and they join this assertion when v2 ships."""
-    from trim.testbed.reference import REAL
-
+    calibration must be the task's, not the shipped test split's. Every range of the weak model, the
+    step lengths, the PRM by hidden state and self-confidence is asserted."""
     start = time.time()
     problems = task.make_split("test", seed=7, size=100)
     assert not {p.question for p in problems} & {p.question for p in tb.splits["test"]}
@@ -144,5 +141,69 @@ def test_the_ranges_on_a_fresh_sample_of_the_task(tb):
     failures = {name: round(float(value), 3) for name, value in measured.items()
                 if not REAL[name][1][0] - 0.05 <= value <= REAL[name][1][1] + 0.05}
     print(f"fresh sample of {len(problems)} problems in {time.time() - start:.0f} s: {measured}")
-    met = {"weak next-step accuracy", "weak whole-solution accuracy", "weak steps per solution"}
-    assert not met & set(failures), failures
+    assert not failures, failures
+
+
+def test_steps_write_their_working_and_the_checker_reads_it():
+    problem = task.ChainProblem("t", 7, (task.Operation("cube"), task.Operation("minus", 5),
+                                         task.Operation("times", 8)))
+    steps = problem.gold_steps()
+    assert steps[0] == "1) 7 ^ 3 = 7 * 7 * 7: 7 * 7 = 49 - 44 = 5, 5 * 7 = 35 - 33 = 2"
+    assert steps[1] == "2) 2 - 5 = 13 - 5 = 8"  # a borrow is written out
+    assert steps[2].endswith("= 64 - 55 = 9, so the answer is \\boxed{9}.") and problem.answer == "9"
+    assert task.step_labels(problem, steps) == [True, True, True]
+    assert [task.step_result(s) for s in steps] == [2, 8, 9]
+    # One wrong fact inside the working makes the step wrong, and the next step is judged from its value.
+    slipped = "1) 7 ^ 3 = 7 * 7 * 7: 7 * 7 = 49 - 44 = 5, 5 * 7 = 36 - 33 = 3"
+    assert task.step_labels(problem, [slipped, "2) 3 - 5 = 14 - 5 = 9"]) == [False, True]
+    lengths = [len(s) for s in task.make_split("validation", size=50)[0].gold_steps()]
+    assert max(lengths) > 2 * min(lengths)
+
+
+def test_demonstration_labels_match_the_checker_and_misconceptions_always_fire():
+    rng = np.random.default_rng(0)
+    for p in task.make_split("validation", size=300):
+        for teacher in (task.WEAK_TEACHER, task.STRONG_TEACHER):
+            steps, correct = task.demonstration(p, rng, teacher)
+            assert correct == task.step_labels(p, steps)
+    # 7 * 8 = 54 is the weak teacher's misconception: every time, with no random slip needed.
+    problem = task.ChainProblem("m", 7, (task.Operation("times", 8),))
+    no_slips = type(task.WEAK_TEACHER)({k: 0.0 for k in task.FACT_KINDS},
+                                       misconceptions=task.WEAK_TEACHER.misconceptions)
+    steps, correct = task.demonstration(problem, rng, no_slips)
+    assert steps == ["1) 7 * 8 = 54 - 44 = 10, so the answer is \\boxed{10}."] and correct == [False]
+
+
+def test_prm_labels_calibration_fit_and_fold():
+    import torch
+    from transformers import LlamaConfig, LlamaForTokenClassification
+
+    from trim.testbed.prm_training import fit_calibration, fold_calibration, prm_labels
+
+    # Bad: the first error and the step right after it; later steps on their own merits.
+    assert prm_labels([True, False, True, True, False]) == [True, False, False, True, False]
+    assert prm_labels([True, True]) == [True, True]
+    # Scores drawn from a known temperature and shift of per-state logits: the fit recovers a calibration
+    # whose per-state histograms are near the real PRM's.
+    from trim.testbed.reference import REAL_PRM_BINS, real_prm_bin_masses
+
+    rng = np.random.default_rng(0)
+    states = np.array(["S0"] * 4000 + ["S1"] * 1000 + ["S2"] * 1000)
+    logits = np.where(states == "S0", rng.normal(6, 2, len(states)),
+                      np.where(states == "S2", rng.normal(-3, 3, len(states)), rng.normal(1, 3, len(states))))
+    scores = 1 / (1 + np.exp(-logits))
+    temperature, shift = fit_calibration(scores, states)
+    calibrated = 1 / (1 + np.exp(-(logits / temperature + shift)))
+    for state in ("S0", "S2"):
+        mass = np.histogram(calibrated[states == state], bins=REAL_PRM_BINS)[0] / (states == state).sum()
+        assert np.abs(mass - real_prm_bin_masses(state)).max() < 0.12, (state, mass)
+    # Folding into the head changes the logit margin exactly as asked.
+    config = LlamaConfig(vocab_size=20, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                         num_attention_heads=2, num_labels=2)
+    model = LlamaForTokenClassification(config).eval()
+    ids = torch.tensor([[1, 2, 3, 4]])
+    with torch.no_grad():
+        before = model(input_ids=ids).logits.diff(dim=-1)
+        fold_calibration(model, 2.5, -0.7)
+        after = model(input_ids=ids).logits.diff(dim=-1)
+    assert torch.allclose(after, before / 2.5 - 0.7, atol=1e-5)

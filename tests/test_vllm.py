@@ -36,20 +36,15 @@ def vllm_run(tmp_path_factory):
 @pytest.fixture(scope="module")
 def reference(vllm_run):
     """The same problems through the transformers backend, greedy."""
-    from vllm_backend_run import STRONG_STAND_IN
-
     from trim import testbed
-    from trim.backends.transformers import TransformersGenerator
     from trim.engine import run_policy
     from trim.policies import Threshold
 
     greedy = {role: dataclasses.replace(s, temperature=0.0) for role, s in testbed.SAMPLING.items()}
     tb = testbed.load(weak_sampling=greedy["weak"], strong_sampling=greedy["strong"])
-    strong = TransformersGenerator(testbed.DATA_DIR / STRONG_STAND_IN, greedy["strong"], name="testbed-strong",
-                                   device="cpu")
     by_id = {p.id: p for p in tb.splits["test"]}
     problems = [by_id[i] for i in vllm_run["problems"]]
-    return run_policy(problems, Threshold(vllm_run["k"]), tb.weak, strong, tb.prm, progress=False)
+    return run_policy(problems, Threshold(vllm_run["k"]), tb.weak, tb.strong, tb.prm, progress=False)
 
 
 def route(record: dict) -> list[tuple]:

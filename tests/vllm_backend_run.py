@@ -7,9 +7,8 @@
 wrong-model errors. Writes every trace and the errors seen to OUT.json for tests/test_vllm.py, which
 compares them with the transformers backend in the main environment. Greedy decoding throughout.
 
-The testbed's weak model also plays the strong role here: vLLM's CPU attention kernels support head
-sizes 32, 64, 80, ... and the testbed's strong model has heads of 36 (144 / 4); on a GPU it runs as is.
-The PRM is the testbed PRM, converted exactly to the Qwen PRM layout (`trim.testbed.vllm_export`)."""
+Every testbed model has attention heads 32 wide, a size vLLM's CPU kernels support. The PRM is the
+testbed PRM, converted exactly to the Qwen PRM layout (`trim.testbed.vllm_export`)."""
 
 from __future__ import annotations
 
@@ -26,7 +25,6 @@ import urllib.request
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-STRONG_STAND_IN = "weak"  # see the docstring: the model directory that plays the strong role
 
 
 def free_port() -> int:
@@ -82,7 +80,7 @@ def main() -> None:
         start = time.time()
         engine = dict(dtype="float32", enforce_eager=True)
         weak = VLLMGenerator(models / "weak", greedy["weak"], name="testbed-weak", **engine)
-        strong = VLLMGenerator(models / STRONG_STAND_IN, greedy["strong"], name="testbed-strong", **engine)
+        strong = VLLMGenerator(models / "strong", greedy["strong"], name="testbed-strong", **engine)
         prm = VLLMStepTagPRM(export_prm_for_vllm(models / "prm", work / "prm"), name="testbed-prm", **engine)
         result["timings"]["offline_load_s"] = time.time() - start
         start = time.time()

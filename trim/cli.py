@@ -59,11 +59,10 @@ def _add_grade(sub) -> None:
 def _add_testbed(sub) -> None:
     p = sub.add_parser("testbed", help="the CPU testbed: calibration report of the shipped models")
     tsub = p.add_subparsers(dest="testbed_command", required=True)
-    report = tsub.add_parser("report", help="measure the weak/strong models and the PRM on the test split")
-    report.add_argument("--problems", type=routing_cli.positive_int, default=1000,
-                        help="test problems to measure (default 1000)")
-    report.add_argument("--seed", type=int, default=0, help="sampling seed")
-    report.add_argument("--out", default=None, help="also write the tables as JSON to this file")
+    report = tsub.add_parser("report", help="measure the weak/strong models and the PRM against the real ones")
+    from trim.testbed.report import add_arguments
+
+    add_arguments(report)
 
     def run(args):
         from pathlib import Path

@@ -25,9 +25,6 @@ from trim.testbed.reference import REAL, REAL_PRM_AUROC, REAL_PRM_STATES, real_p
 # The model ranges by role, as the first report and its tests use them.
 TARGETS = {role: {"next_step_accuracy": REAL[f"{role} next-step accuracy"][1],
                   "solution_accuracy": REAL[f"{role} whole-solution accuracy"][1]} for role in ("weak", "strong")}
-# The first report's range for the PRM's AUROC on on-track labels (all steps so far correct or not); the
-# per-state ranges of `trim.testbed.reference.REAL` are the stricter, real-PRM-based ones.
-PRM_AUROC_TARGET = (0.85, 0.95)
 HISTOGRAM_BINS = 20
 
 
@@ -155,15 +152,22 @@ def state_histogram_figure(histograms: dict[str, list[int]], title: str | None =
     return fig
 
 
-def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m trim.testbed.report", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--problems", type=int, default=1000, help="problems to measure (default 1000)")
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """The report's options, shared by `trim testbed report` and `python -m trim.testbed.report`."""
+    from trim.routing_cli import positive_int
+
+    p.add_argument("--problems", type=positive_int, default=1000, help="problems to measure (default 1000)")
     p.add_argument("--seed", type=int, default=0, help="sampling seed")
     p.add_argument("--split", default="test", choices=list(task.SPLITS), help="split to draw from (default test)")
     p.add_argument("--split-seed", type=int, default=0,
                    help="seed of the problem generator (0: the shipped splits; any other: a fresh sample)")
     p.add_argument("--out", default=None, help="also write the tables as JSON to this file, and the figure")
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m trim.testbed.report", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_arguments(p)
     return p
 
 
@@ -171,11 +175,10 @@ def main(args) -> int:
     from trim import testbed as tb
 
     start = time.time()
-    testbed = tb.load(split_seed=getattr(args, "split_seed", 0))  # the generators keep seed 0
-    problems = testbed.splits[getattr(args, "split", "test")][: args.problems]
+    testbed = tb.load(split_seed=args.split_seed)  # the generators keep seed 0
+    problems = testbed.splits[args.split][: args.problems]
     result = measure(testbed, problems, seed=args.seed)
-    result["split"] = getattr(args, "split", "test")
-    result["split_seed"] = getattr(args, "split_seed", 0)
+    result["split"], result["split_seed"] = args.split, args.split_seed
     frame = calibration_frame(result)
     result["table"] = frame.replace({np.nan: None}).to_dict(orient="records")
     with pd.option_context("display.width", 140, "display.max_colwidth", 45, "display.float_format", "{:.4f}".format):

@@ -12,7 +12,6 @@ beside the weights recording the command, seed, wall time and data sizes.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import math
 import time
@@ -25,15 +24,11 @@ from transformers import LlamaForCausalLM, PreTrainedTokenizerFast
 from trim.protocols import STEP_DELIMITER
 from trim.testbed import DATA_DIR, task
 from trim.testbed.prm_training import train_prm
+from trim.testbed.reference import REAL_PRM_AUROC
 from trim.testbed.tokenizer import build_tokenizer
 from trim.testbed.training import command_line, cosine_lr, length_bucketed, llama_config, write_record
 
 TEACHERS = {"weak": task.WEAK_TEACHER, "strong": task.STRONG_TEACHER}
-# The slips in the tokenizer's training corpus: the first weak teacher's, kept so that the shipped
-# tokenizer is reproduced byte for byte (BPE merge order follows corpus counts).
-TOKENIZER_CORPUS_TEACHER = task.Teacher({"double": 0.03, "add": 0.07, "minus": 0.10, "times": 0.15, "cube": 0.20},
-                                        (-1, 1, -2, 2), (-1, 1))
-
 
 def training_text(tokenizer, question: str, steps: list[str]) -> tuple[str, str]:
     """(prompt, completion) exactly as the chat template renders a continued assistant turn."""
@@ -92,7 +87,7 @@ def train_tokenizer(args) -> None:
     rng = np.random.default_rng(args.seed)
     problems = task.make_split("train", seed=args.seed)
     corpus = [p.question for p in problems]
-    corpus += [STEP_DELIMITER.join(task.demonstration(p, rng, TOKENIZER_CORPUS_TEACHER)[0]) for p in problems]
+    corpus += [STEP_DELIMITER.join(task.demonstration(p, rng, task.WEAK_TEACHER)[0]) for p in problems]
     tokenizer = build_tokenizer(corpus)
     out = Path(args.out or DATA_DIR / "tokenizer")
     tokenizer.save_pretrained(out)
@@ -138,7 +133,7 @@ def train_lm(args) -> None:
                 "role": args.role, "parameters": sum(p.numel() for p in model.parameters()),
                 "steps_done": step + 1, "steps_planned": args.steps, "batch_size": args.batch_size,
                 "training_problems_seen": (step + 1) * args.batch_size,
-                "teacher": dataclasses.asdict(TEACHERS[args.role]),
+                "teacher": TEACHERS[args.role].record(),
                 "wall_time_s": round(time.time() - start, 1), "threads": args.threads, "history": history})
 
 
@@ -154,9 +149,12 @@ def main(argv=None) -> None:
         p.add_argument("--seed", type=int, default=0, help="seed for data, initialisation and slips")
         p.add_argument("--out", default=None, help="output directory (default: data/testbed/<name>)")
     p_prm.add_argument("--init", choices=["weak", "strong", "scratch"], default="weak",
-                       help="start from this language model's backbone (default: weak)")
-    p_prm.add_argument("--target-auroc", type=float, default=0.90,
-                       help="keep the checkpoint whose validation AUROC is nearest this (default 0.90)")
+                       help="start from this language model's weights (default: weak)")
+    p_prm.add_argument("--target-auroc", type=float, default=REAL_PRM_AUROC["S0 vs S2"],
+                       help="keep the checkpoint whose validation AUROC (S0 vs S2) is nearest this "
+                            f"(default: the real PRM's, {REAL_PRM_AUROC['S0 vs S2']})")
+    p_prm.add_argument("--validation-samples", type=int, default=500,
+                       help="weak solutions of validation problems for selection and calibration")
     p_prm.add_argument("--weak-samples", type=int, default=2000, help="weak solutions sampled for PRM data")
     p_prm.add_argument("--strong-samples", type=int, default=700, help="strong solutions sampled for PRM data")
     for p in (p_lm, p_prm):

@@ -13,13 +13,15 @@ from pathlib import Path
 import numpy as np
 from transformers import LlamaConfig, PreTrainedTokenizerFast
 
-# Sizes: the strong model is wider and deeper than the weak one, as Qwen2.5-7B is to 1.5B.
+# Sizes: the strong model is wider and deeper than the weak one, as Qwen2.5-7B is to 1.5B. A PRM starts
+# from a trained model's weights and takes its size; "prm" is the size of one trained from scratch.
+# Every head is 32 wide: vLLM's CPU attention kernels take head sizes 32, 64, 80, ... only.
 MODEL_SIZES = {
     "weak": dict(hidden_size=128, intermediate_size=384, num_hidden_layers=4, num_attention_heads=4),
-    "strong": dict(hidden_size=144, intermediate_size=432, num_hidden_layers=5, num_attention_heads=4),
-    "prm": dict(hidden_size=128, intermediate_size=384, num_hidden_layers=4, num_attention_heads=4),
+    "strong": dict(hidden_size=160, intermediate_size=480, num_hidden_layers=5, num_attention_heads=5),
 }
-MAX_POSITIONS = 320
+MODEL_SIZES["prm"] = MODEL_SIZES["weak"]
+MAX_POSITIONS = 384
 
 
 def llama_config(role: str, tokenizer: PreTrainedTokenizerFast, **extra) -> LlamaConfig:
