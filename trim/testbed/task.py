@@ -22,8 +22,9 @@ step ruins the answer (the cascade TRIM exploits), and steps differ in length an
 and critical steps do in real maths: a doubling is one short fact, a cube is four facts and four times
 as long, and every written fact is a chance to slip, so long steps fail more often (real chain-of-thought:
 the first wrong step is 1.44x the mean step). The modulus is prime and every operation is a bijection
-(cubing too, as 3 is prime to 10), so a wrong value stays wrong: the only lucky recoveries are two
-errors that cancel, as rare as they are in real maths.
+(cubing too, as 3 is prime to 10), so a wrong value stays wrong: a solution with a wrong step ends right
+only when a second error cancels the first, or when the step is wrong only in its working (a model can
+write a wrong intermediate and still land on the right value, as real models do).
 
 The *demonstrations* a model is trained on contain two kinds of error, as real models make both:
 
