@@ -47,6 +47,7 @@ def prm_quality(steps: pd.DataFrame, label: str = "on_track"):
     from trim.prm_quality import auroc, reliability, roc_points
 
     scores, labels = steps["score"].to_numpy(float), steps[label].to_numpy(bool)
+    good, bad = {"on_track": ("on track", "gone wrong")}.get(label, ("correct", "wrong"))
     # Two rows, so that the figure stays legible in a book's text column.
     fig = plt.figure(figsize=(8.5, 6.6))
     grid = fig.add_gridspec(2, 2)
@@ -59,11 +60,11 @@ def prm_quality(steps: pd.DataFrame, label: str = "on_track"):
     rel = reliability(scores, labels)
     rel_ax.plot([0, 1], [0, 1], "k:", lw=1)
     rel_ax.plot(rel["mean_score"], rel["correct_share"], "o-")
-    rel_ax.set(xlabel="mean PRM score in bin", ylabel="share of steps on track", title="calibration",
+    rel_ax.set(xlabel="mean PRM score in bin", ylabel=f"share of steps {good}", title="calibration",
                xlim=(0, 1), ylim=(0, 1))
     bins = np.linspace(0, 1, 21)
-    hist_ax.hist(scores[labels], bins=bins, alpha=0.6, label="on track")
-    hist_ax.hist(scores[~labels], bins=bins, alpha=0.6, label="gone wrong")
+    hist_ax.hist(scores[labels], bins=bins, alpha=0.6, label=good)
+    hist_ax.hist(scores[~labels], bins=bins, alpha=0.6, label=bad)
     hist_ax.set(xlabel="PRM score", ylabel="steps", title="score histograms", yscale="log")
     hist_ax.legend(fontsize=8)
     fig.tight_layout()
