@@ -79,10 +79,11 @@ def test_a_fixed_seed_sample_lands_in_the_calibration_ranges(tb):
         assert low <= steps["correct"].mean() <= high, (role, steps["correct"].mean())
         low, high = TARGETS[role]["solution_accuracy"]
         assert low <= solutions["solution_accuracy"] <= high, (role, solutions)
-        # A wrong step rarely ends in a right answer: a second error must cancel the first, or the step be
-        # wrong only in its working (a wrong intermediate, a right result).
-        assert solutions["cascade_recovery"] < 0.15
         if role == "weak":
+            # A wrong step rarely ends in a right answer: a second error must cancel the first, or the step be
+            # wrong only in its working (a wrong intermediate, a right result). (The strong model writes too
+            # few wrong solutions in 200 problems for its share to mean much.)
+            assert solutions["cascade_recovery"] < 0.15
             errors = 1 - steps.groupby("step_type")["correct"].mean()
             assert errors.max() >= 3 * errors.min(), errors.to_dict()
     print(f"calibration sample of {len(problems)} problems in {time.time() - start:.1f} s")
