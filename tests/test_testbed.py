@@ -202,7 +202,8 @@ def test_prm_labels_calibration_fit_and_fold():
     logits = np.where(states == "S0", rng.normal(6, 2, len(states)),
                       np.where(states == "S2", rng.normal(-3, 3, len(states)), rng.normal(1, 3, len(states))))
     scores = 1 / (1 + np.exp(-logits))
-    temperature, shift = fit_calibration(scores, states)
+    temperature, shift, distance = fit_calibration(scores, states)
+    assert distance < 0.05
     calibrated = 1 / (1 + np.exp(-(logits / temperature + shift)))
     for state in ("S0", "S2"):
         mass = np.histogram(calibrated[states == state], bins=REAL_PRM_BINS)[0] / (states == state).sum()
@@ -217,3 +218,33 @@ def test_prm_labels_calibration_fit_and_fold():
         fold_calibration(model, 2.5, -0.7)
         after = model(input_ids=ids).logits.diff(dim=-1)
     assert torch.allclose(after, before / 2.5 - 0.7, atol=1e-5)
+
+
+def test_retraining_reproduces_the_shipped_tokenizer_and_training_is_seeded(tmp_path):
+    """The tokenizer retrains byte for byte; a language model and a PRM trained twice from one seed (a
+    few steps, the shipped code path) come out with identical weights, and differ with another seed."""
+    import json
+
+    import torch
+    from safetensors.torch import load_file
+
+    from trim.testbed.train import main
+
+    main(["tokenizer", "--out", str(tmp_path / "tokenizer")])
+    for name in ("tokenizer.json", "chat_template.jinja", "special_tokens_map.json"):
+        assert (tmp_path / "tokenizer" / name).read_bytes() == (DATA_DIR / "tokenizer" / name).read_bytes(), name
+
+    def weights(kind, seed, *extra):
+        out = tmp_path / f"{kind}-{seed}"
+        main([kind, *extra, "--steps", "2", "--eval-every", "2", "--batch-size", "8", "--seed", str(seed),
+              "--out", str(out)])
+        record = json.loads((out / "training.json").read_text())
+        assert record["command"].startswith(f"python -m trim.testbed.train {kind}") and record["seed"] == seed
+        return load_file(out / "model.safetensors")
+
+    small_prm = ["--weak-samples", "8", "--validation-samples", "8"]
+    for kind, extra in (("lm", ["--role", "weak"]), ("prm", small_prm)):
+        first, again, other = weights(kind, 0, *extra), weights(kind, 0, *extra), weights(kind, 1, *extra)
+        assert first.keys() == again.keys()
+        assert all(torch.equal(first[k], again[k]) for k in first), kind
+        assert not all(torch.equal(first[k], other[k]) for k in first), kind

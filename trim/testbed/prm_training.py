@@ -18,6 +18,16 @@ Selection and calibration, on validation problems only (never test): the checkpo
 first errors and steps with a clean prefix is nearest the real PRM's (0.961), then a temperature and a
 shift of its logit fitted so that its per-state score distribution is the real PRM's, folded into the
 classification head (the model stays an ordinary `transformers` checkpoint).
+
+What the shipped PRM gets wrong, and the options for the next one. It waves through most slips in short
+steps (additions, subtractions, doublings) and misread operands with confident scores, although the
+weak model's own token probabilities single those slips out perfectly: the backbone knows, the tag
+classifier has not learned to read it. Two options, off by default so that the shipped command still
+reproduces the shipped PRM, target that: `--error-rich-share` mixes in demonstrations by a careless
+teacher (`ERROR_RICH_TEACHER`) that slips on every kind of fact alike, and `--extra-layers` stacks
+identity-initialised layers on the backbone (`deepened`). Trial runs with both (share 0.5, two layers,
+peak learning rate 1e-3) began to catch short slips only after about 600 steps; every checkpoint also
+records the calibration fitted to it and its distance to the real histograms, to choose by.
 """
 
 from __future__ import annotations
@@ -30,7 +40,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from transformers import LlamaForTokenClassification, PreTrainedTokenizerFast
+from transformers import LlamaConfig, LlamaForTokenClassification, PreTrainedTokenizerFast
 
 from trim.backends.prompts import prm_text
 from trim.backends.transformers import StepTagPRM, TransformersGenerator
@@ -39,7 +49,43 @@ from trim.testbed import DATA_DIR, SAMPLING, task
 from trim.testbed.evaluate import prm_step_table, sample_solutions
 from trim.testbed.reference import REAL_PRM_BINS, real_prm_bin_masses
 from trim.testbed.tokenizer import STEP_TAG
-from trim.testbed.training import command_line, cosine_lr, length_bucketed, llama_config
+from trim.testbed.training import cosine_lr, length_bucketed, llama_config
+
+# A careless demonstrator for PRM data (`--error-rich-share`): slips on every kind of fact alike, misreads
+# operands both ways, and sometimes stops before boxing the answer.
+ERROR_RICH_TEACHER = task.Teacher({kind: 0.08 for kind in task.FACT_KINDS}, misread_rate=0.1,
+                                  misread_shifts=(-2, -1, 1, 2))
+FORGET_BOX_RATE = 0.1  # of its solutions without a slip: the last step forgets the box
+
+
+def prm_demonstration(problem, rng: np.random.Generator, error_rich_share: float = 0.0) -> tuple[list[str], list[bool]]:
+    """A demonstration for PRM training with exact step labels: by the error-rich teacher with probability
+    `error_rich_share`, otherwise by the weak teacher (70%) or the strong one. With no error-rich share the
+    random stream is consumed exactly as the shipped PRM's training consumed it."""
+    if error_rich_share and rng.random() < error_rich_share:
+        steps, correct = task.demonstration(problem, rng, ERROR_RICH_TEACHER)
+        if all(correct) and rng.random() < FORGET_BOX_RATE:
+            steps[-1] = steps[-1].split(", so the answer is")[0]
+            correct[-1] = False
+        return steps, correct
+    return task.demonstration(problem, rng, task.WEAK_TEACHER if rng.random() < 0.7 else task.STRONG_TEACHER)
+
+
+def deepened(path: Path, extra_layers: int = 0):
+    """A token classifier with a language model's weights and `extra_layers` more layers on top, each
+    starting as the identity (its output projections zeroed), so that training starts from the model as it is.
+
+    Why deeper may help: the weak model's depth computes a step's result only in its last layer, at the
+    position *before* the written result; judging the written result means comparing it with that
+    prediction, which takes layers after it. Real PRMs are larger than the weak generator too
+    (Qwen2.5-Math-PRM-7B against Qwen2.5-1.5B)."""
+    depth = LlamaConfig.from_pretrained(path).num_hidden_layers
+    model = LlamaForTokenClassification.from_pretrained(path, num_labels=2, num_hidden_layers=depth + extra_layers)
+    with torch.no_grad():
+        for layer in model.model.layers[depth:]:
+            layer.self_attn.o_proj.weight.zero_()
+            layer.mlp.down_proj.weight.zero_()
+    return model
 
 
 def prm_example(tokenizer, question: str, steps: list[str], labels: list[bool]) -> tuple[list[int], list[int]]:
@@ -63,9 +109,9 @@ def first_error_auroc(table) -> float:
     return auroc(pair["score"].to_numpy(), (pair["state"] == "S0").to_numpy())
 
 
-def fit_calibration(scores: np.ndarray, states: np.ndarray) -> tuple[float, float]:
+def fit_calibration(scores: np.ndarray, states: np.ndarray) -> tuple[float, float, float]:
     """(temperature, shift) for the logit, so that the per-state score histograms over REAL_PRM_BINS
-    are as near the real PRM's as they can be (least squares over S0, S1, S2)."""
+    are as near the real PRM's as they can be (least squares over S0, S1, S2), and that distance."""
     from scipy.optimize import minimize
 
     logits = np.log(np.clip(scores, 1e-7, 1 - 1e-7)) - np.log1p(-np.clip(scores, 1e-7, 1 - 1e-7))
@@ -80,7 +126,7 @@ def fit_calibration(scores: np.ndarray, states: np.ndarray) -> tuple[float, floa
 
     best = min((minimize(loss, start, method="Nelder-Mead") for start in ([0.0, 0.0], [1.0, 0.0], [-1.0, 1.0])),
                key=lambda r: r.fun)
-    return math.exp(best.x[0]), float(best.x[1])
+    return math.exp(best.x[0]), float(best.x[1]), float(best.fun)
 
 
 def fold_calibration(model, temperature: float, shift: float) -> None:
@@ -125,19 +171,18 @@ def train_prm(args) -> None:
     if args.init == "scratch":
         model = LlamaForTokenClassification(llama_config("prm", tokenizer, num_labels=2))
     else:
-        model = LlamaForTokenClassification.from_pretrained(DATA_DIR / args.init, num_labels=2)
+        model = deepened(DATA_DIR / args.init, args.extra_layers)
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.01, betas=(0.9, 0.98))
     rng = np.random.default_rng([args.seed, 11])
     demos = length_bucketed(task.iter_problems(args.seed + 1), args.batch_size // 2, rng)
     out = Path(args.out or DATA_DIR / "prm")
-    history, tables = [], {}
+    history = []
     for step in range(args.steps):
         for group in optimizer.param_groups:
             group["lr"] = cosine_lr(step, args.steps, args.lr)
         batch = [sampled[i] for i in rng.choice(len(sampled), args.batch_size // 2, replace=False)]
         for p in next(demos):
-            teacher = task.WEAK_TEACHER if rng.random() < 0.7 else task.STRONG_TEACHER
-            steps, correct = task.demonstration(p, rng, teacher)
+            steps, correct = prm_demonstration(p, rng, args.error_rich_share)
             batch.append((p.question, steps, prm_labels(correct)))
         with torch.autocast("cpu", dtype=torch.bfloat16):
             loss = model(**collate([prm_example(tokenizer, *b) for b in batch], tokenizer.pad_token_id)).loss
@@ -149,28 +194,34 @@ def train_prm(args) -> None:
             checkpoint = out / "checkpoints" / f"step-{step + 1}"
             model.save_pretrained(checkpoint)
             tokenizer.save_pretrained(checkpoint)
-            table = tables[step + 1] = prm_step_table(StepTagPRM(checkpoint, device="cpu"), held_out)
+            table = prm_step_table(StepTagPRM(checkpoint, device="cpu"), held_out)
+            temperature, shift, distance = fit_calibration(table["score"].to_numpy(), table["state"].to_numpy())
             history.append({"step": step + 1, "loss": round(loss.item(), 4),
                             "minutes": round((time.time() - start) / 60, 1),
-                            "validation_auroc_S0_vs_S2": round(first_error_auroc(table), 4)})
+                            "validation_auroc_S0_vs_S2": round(first_error_auroc(table), 4),
+                            "calibration": {"temperature": temperature, "shift": shift,
+                                            "histogram_distance": round(distance, 5)}})
             print(json.dumps(history[-1]), flush=True)
     # Real PRMs are good but imperfect: keep the checkpoint whose validation AUROC is nearest the real PRM's,
-    # so the book's PRM is as noisy as the real one is, then calibrate its scores to the real marginals.
+    # so the book's PRM is as noisy as the real one is, with the calibration fitted to it folded in.
     chosen = min(history, key=lambda h: abs(h["validation_auroc_S0_vs_S2"] - args.target_auroc))
     model = LlamaForTokenClassification.from_pretrained(out / "checkpoints" / f"step-{chosen['step']}")
-    table = tables[chosen["step"]]
-    temperature, shift = fit_calibration(table["score"].to_numpy(), table["state"].to_numpy())
+    temperature, shift = chosen["calibration"]["temperature"], chosen["calibration"]["shift"]
     fold_calibration(model, temperature, shift)
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)
     shutil.rmtree(out / "checkpoints")
     (out / "training.json").write_text(json.dumps({
-        "command": command_line(), "seed": args.seed,
-        "role": "prm", "initialised_from": args.init, "parameters": sum(p.numel() for p in model.parameters()),
+        "command": args.command, "seed": args.seed,
+        "role": "prm", "initialised_from": args.init, "extra_layers": args.extra_layers,
+        "parameters": sum(p.numel() for p in model.parameters()),
         "labels": "bad: wrong given its prefix, or directly after the first wrong step; otherwise good",
         "steps_planned": args.steps, "selected_step": chosen["step"],
         "selection": f"validation AUROC S0 vs S2 nearest {args.target_auroc}",
-        "calibration": {"temperature": round(temperature, 4), "shift": round(shift, 4),
+        "error_rich_share": args.error_rich_share,
+        **({"error_rich_teacher": ERROR_RICH_TEACHER.record(), "forget_box_rate": FORGET_BOX_RATE}
+           if args.error_rich_share else {}),
+        "calibration": {**chosen["calibration"],
                         "fitted_on": f"{len(held_out)} weak solutions of the validation split",
                         "target": "the real PRM's per-state score histogram (trim.testbed.reference)"},
         "batch_size": args.batch_size, "sampled_solutions": {role: len(pool) for role, pool in pools.items()},

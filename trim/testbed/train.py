@@ -1,12 +1,16 @@
 """Train the testbed: tokenizer, weak and strong language models, and the PRM, reproducibly from a seed.
 
+The shipped models were made by exactly these commands (the defaults; each took the wall time its
+`training.json` records, on one CPU core):
+
     python -m trim.testbed.train tokenizer
-    python -m trim.testbed.train lm --role weak --steps 3000
-    python -m trim.testbed.train lm --role strong --steps 3000
-    python -m trim.testbed.train prm --steps 2000
+    python -m trim.testbed.train lm --role weak
+    python -m trim.testbed.train lm --role strong
+    python -m trim.testbed.train prm
 
 Each command writes a `transformers` model directory under `data/testbed/` with a `training.json`
-beside the weights recording the command, seed, wall time and data sizes.
+beside the weights recording the command, seed, thread count, wall time and data sizes. Same seed and
+same thread count, same weights (a different thread count changes the floating-point summation order).
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import sys
 import time
 from pathlib import Path
 
@@ -26,7 +31,7 @@ from trim.testbed import DATA_DIR, task
 from trim.testbed.prm_training import train_prm
 from trim.testbed.reference import REAL_PRM_AUROC
 from trim.testbed.tokenizer import build_tokenizer
-from trim.testbed.training import command_line, cosine_lr, length_bucketed, llama_config, write_record
+from trim.testbed.training import cosine_lr, length_bucketed, llama_config, write_record
 
 TEACHERS = {"weak": task.WEAK_TEACHER, "strong": task.STRONG_TEACHER}
 
@@ -91,7 +96,7 @@ def train_tokenizer(args) -> None:
     tokenizer = build_tokenizer(corpus)
     out = Path(args.out or DATA_DIR / "tokenizer")
     tokenizer.save_pretrained(out)
-    write_record(out, {"command": command_line(), "seed": args.seed, "corpus_texts": len(corpus),
+    write_record(out, {"command": args.command, "seed": args.seed, "corpus_texts": len(corpus),
                         "vocab_size": len(tokenizer), "wall_time_s": round(time.time() - start, 1)})
     print(f"tokenizer with {len(tokenizer)} tokens -> {out}")
 
@@ -129,7 +134,7 @@ def train_lm(args) -> None:
             model.save_pretrained(out)
             tokenizer.save_pretrained(out)
             write_record(out, {
-                "command": command_line(), "seed": args.seed,
+                "command": args.command, "seed": args.seed,
                 "role": args.role, "parameters": sum(p.numel() for p in model.parameters()),
                 "steps_done": step + 1, "steps_planned": args.steps, "batch_size": args.batch_size,
                 "training_problems_seen": (step + 1) * args.batch_size,
@@ -153,18 +158,24 @@ def main(argv=None) -> None:
     p_prm.add_argument("--target-auroc", type=float, default=REAL_PRM_AUROC["S0 vs S2"],
                        help="keep the checkpoint whose validation AUROC (S0 vs S2) is nearest this "
                             f"(default: the real PRM's, {REAL_PRM_AUROC['S0 vs S2']})")
+    p_prm.add_argument("--extra-layers", type=int, default=0,
+                       help="identity-initialised layers stacked on the initial model (default 0)")
+    p_prm.add_argument("--error-rich-share", type=float, default=0.0,
+                       help="share of demonstrations by the error-rich teacher (default 0)")
     p_prm.add_argument("--validation-samples", type=int, default=500,
                        help="weak solutions of validation problems for selection and calibration")
     p_prm.add_argument("--weak-samples", type=int, default=2000, help="weak solutions sampled for PRM data")
-    p_prm.add_argument("--strong-samples", type=int, default=700, help="strong solutions sampled for PRM data")
-    for p in (p_lm, p_prm):
+    p_prm.add_argument("--strong-samples", type=int, default=0, help="strong solutions sampled for PRM data")
+    # The shipped models' settings: steps, peak learning rate, validation interval.
+    for p, steps, lr, every in ((p_lm, 1000, 2e-3, 250), (p_prm, 1200, 5e-4, 200)):
         p.add_argument("--tokenizer", default=str(DATA_DIR / "tokenizer"), help="tokenizer directory")
-        p.add_argument("--steps", type=int, default=3000, help="optimizer steps")
+        p.add_argument("--steps", type=int, default=steps, help=f"optimizer steps (default {steps})")
         p.add_argument("--batch-size", type=int, default=64, help="sequences per step")
-        p.add_argument("--lr", type=float, default=2e-3, help="peak learning rate (cosine schedule)")
-        p.add_argument("--eval-every", type=int, default=250, help="validate and checkpoint every N steps")
+        p.add_argument("--lr", type=float, default=lr, help=f"peak learning rate, cosine schedule (default {lr})")
+        p.add_argument("--eval-every", type=int, default=every, help="validate and checkpoint every N steps")
         p.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     args = parser.parse_args(argv)
+    args.command = " ".join(["python -m trim.testbed.train"] + list(sys.argv[1:] if argv is None else argv))
     if args.what == "tokenizer":
         train_tokenizer(args)
     elif args.what == "lm":

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import math
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -57,10 +56,3 @@ def cosine_lr(step: int, total: int, peak: float, warmup: int = 200) -> float:
         return peak * (step + 1) / warmup
     progress = (step - warmup) / max(1, total - warmup)
     return peak * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
-
-
-
-
-def command_line() -> str:
-    """The command that is running, as `training.json` records it."""
-    return " ".join(["python -m trim.testbed.train"] + sys.argv[1:])
