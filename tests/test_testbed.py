@@ -248,3 +248,32 @@ def test_retraining_reproduces_the_shipped_tokenizer_and_training_is_seeded(tmp_
         assert first.keys() == again.keys()
         assert all(torch.equal(first[k], again[k]) for k in first), kind
         assert not all(torch.equal(first[k], other[k]) for k in first), kind
+
+
+def test_prm_training_options_error_rich_data_and_identity_layers():
+    """The options for the next PRM: error-rich demonstrations are labelled exactly (forgotten boxes
+    included) and rich in errors; with no error-rich share the stream is the shipped recipe's; extra layers
+    start as the identity, so the deepened model scores exactly as the model it starts from."""
+    import torch
+    from transformers import LlamaForTokenClassification
+
+    from trim.testbed.prm_training import deepened, prm_demonstration
+
+    problems = task.make_split("train", size=400)
+    rng = np.random.default_rng(0)
+    rich = [prm_demonstration(p, rng, error_rich_share=1.0) for p in problems]
+    assert all(correct == task.step_labels(p, steps) for p, (steps, correct) in zip(problems, rich))
+    assert np.mean([not all(c) for _, c in rich]) > 0.5
+    assert any("boxed" not in steps[-1] for steps, _ in rich)
+    shipped, again = np.random.default_rng(1), np.random.default_rng(1)
+    for p in problems[:50]:
+        teacher = task.WEAK_TEACHER if again.random() < 0.7 else task.STRONG_TEACHER
+        assert prm_demonstration(p, shipped) == task.demonstration(p, again, teacher)
+
+    base = LlamaForTokenClassification.from_pretrained(DATA_DIR / "weak", num_labels=2).eval()
+    deep = deepened(DATA_DIR / "weak", extra_layers=2).eval()
+    assert deep.config.num_hidden_layers == base.config.num_hidden_layers + 2
+    deep.score.load_state_dict(base.score.state_dict())
+    ids = torch.tensor([[5, 17, 30, 42, 8, 99]])
+    with torch.no_grad():
+        assert torch.allclose(deep(ids).logits, base(ids).logits, atol=1e-5)

@@ -27,7 +27,8 @@ reproduces the shipped PRM, target that: `--error-rich-share` mixes in demonstra
 teacher (`ERROR_RICH_TEACHER`) that slips on every kind of fact alike, and `--extra-layers` stacks
 identity-initialised layers on the backbone (`deepened`). Trial runs with both (share 0.5, two layers,
 peak learning rate 1e-3) began to catch short slips only after about 600 steps; every checkpoint also
-records the calibration fitted to it and its distance to the real histograms, to choose by.
+records the calibration fitted to it and its distance to the real histograms, and `--select histogram`
+keeps the nearest.
 """
 
 from __future__ import annotations
@@ -202,9 +203,13 @@ def train_prm(args) -> None:
                             "calibration": {"temperature": temperature, "shift": shift,
                                             "histogram_distance": round(distance, 5)}})
             print(json.dumps(history[-1]), flush=True)
-    # Real PRMs are good but imperfect: keep the checkpoint whose validation AUROC is nearest the real PRM's,
-    # so the book's PRM is as noisy as the real one is, with the calibration fitted to it folded in.
-    chosen = min(history, key=lambda h: abs(h["validation_auroc_S0_vs_S2"] - args.target_auroc))
+    # Real PRMs are good but imperfect: keep the checkpoint whose validation AUROC is nearest the real PRM's
+    # (or, with --select histogram, whose calibrated per-state histograms are), so the book's PRM is as noisy
+    # as the real one is, with the calibration fitted to it folded in.
+    if args.select == "histogram":
+        chosen = min(history, key=lambda h: h["calibration"]["histogram_distance"])
+    else:
+        chosen = min(history, key=lambda h: abs(h["validation_auroc_S0_vs_S2"] - args.target_auroc))
     model = LlamaForTokenClassification.from_pretrained(out / "checkpoints" / f"step-{chosen['step']}")
     temperature, shift = chosen["calibration"]["temperature"], chosen["calibration"]["shift"]
     fold_calibration(model, temperature, shift)
@@ -217,7 +222,8 @@ def train_prm(args) -> None:
         "parameters": sum(p.numel() for p in model.parameters()),
         "labels": "bad: wrong given its prefix, or directly after the first wrong step; otherwise good",
         "steps_planned": args.steps, "selected_step": chosen["step"],
-        "selection": f"validation AUROC S0 vs S2 nearest {args.target_auroc}",
+        "selection": ("calibrated per-state histograms nearest the real PRM's" if args.select == "histogram"
+                      else f"validation AUROC S0 vs S2 nearest {args.target_auroc}"),
         "error_rich_share": args.error_rich_share,
         **({"error_rich_teacher": ERROR_RICH_TEACHER.record(), "forget_box_rate": FORGET_BOX_RATE}
            if args.error_rich_share else {}),
