@@ -45,12 +45,11 @@ from transformers import LlamaConfig, LlamaForTokenClassification, PreTrainedTok
 
 from trim.backends.prompts import prm_text
 from trim.backends.transformers import StepTagPRM, TransformersGenerator
-from trim.prm_quality import auroc
 from trim.testbed import DATA_DIR, SAMPLING, task
-from trim.testbed.evaluate import prm_step_table, sample_solutions
+from trim.testbed.evaluate import prm_step_table, sample_solutions, state_auroc
 from trim.testbed.reference import REAL_PRM_BINS, real_prm_bin_masses
 from trim.testbed.tokenizer import STEP_TAG
-from trim.testbed.training import cosine_lr, length_bucketed, llama_config
+from trim.testbed.training import cosine_lr, length_bucketed, llama_config, write_record
 
 # A careless demonstrator for PRM data (`--error-rich-share`): slips on every kind of fact alike, misreads
 # operands both ways, and sometimes stops before boxing the answer.
@@ -102,12 +101,6 @@ def prm_labels(step_correct: list[bool]) -> list[bool]:
     """Good/bad per step: bad when wrong given its prefix, or when it directly follows the first wrong step."""
     first = next((i for i, ok in enumerate(step_correct) if not ok), None)
     return [bool(ok) and (first is None or i != first + 1) for i, ok in enumerate(step_correct)]
-
-
-def first_error_auroc(table) -> float:
-    """AUROC of the score between steps with a clean prefix (S0) and first errors (S2)."""
-    pair = table[table["state"].isin(["S0", "S2"])]
-    return auroc(pair["score"].to_numpy(), (pair["state"] == "S0").to_numpy())
 
 
 def fit_calibration(scores: np.ndarray, states: np.ndarray) -> tuple[float, float, float]:
@@ -196,10 +189,11 @@ def train_prm(args) -> None:
             model.save_pretrained(checkpoint)
             tokenizer.save_pretrained(checkpoint)
             table = prm_step_table(StepTagPRM(checkpoint, device="cpu"), held_out)
-            temperature, shift, distance = fit_calibration(table["score"].to_numpy(), table["state"].to_numpy())
+            scores, states = table["score"].to_numpy(), table["state"].to_numpy()
+            temperature, shift, distance = fit_calibration(scores, states)
             history.append({"step": step + 1, "loss": round(loss.item(), 4),
                             "minutes": round((time.time() - start) / 60, 1),
-                            "validation_auroc_S0_vs_S2": round(first_error_auroc(table), 4),
+                            "validation_auroc_S0_vs_S2": round(state_auroc(scores, states), 4),
                             "calibration": {"temperature": temperature, "shift": shift,
                                             "histogram_distance": round(distance, 5)}})
             print(json.dumps(history[-1]), flush=True)
@@ -216,7 +210,7 @@ def train_prm(args) -> None:
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)
     shutil.rmtree(out / "checkpoints")
-    (out / "training.json").write_text(json.dumps({
+    write_record(out, {
         "command": args.command, "seed": args.seed,
         "role": "prm", "initialised_from": args.init, "extra_layers": args.extra_layers,
         "parameters": sum(p.numel() for p in model.parameters()),
@@ -235,4 +229,4 @@ def train_prm(args) -> None:
         "sampling": {role: params.__dict__ for role, params in SAMPLING.items()},
         "fresh_demonstrations_per_step": args.batch_size - args.batch_size // 2,
         "wall_time_s": round(time.time() - start, 1), "threads": args.threads, "history": history,
-    }, indent=2) + "\n")
+    })
