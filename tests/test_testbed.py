@@ -45,6 +45,14 @@ def test_problem_generator_is_deterministic_and_splits_are_disjoint():
     assert not train & {p.question for p in a}, "test problems leak into train"
 
 
+def test_shipped_evaluation_splits_are_the_generators_output():
+    """data/testbed/splits.json is read instead of generating seed 0's evaluation splits; it must hold
+    exactly what the generator makes (rewrite it with `task.write_shipped_splits()` if the generator changes)."""
+    for name in ("validation", "test", "shifted"):
+        assert task.make_split(name) == list(task._generate_split(name, 0)), name
+    assert task.make_split("test", size=3) == list(task._generate_split("test", 0)[:3])
+
+
 def test_tokenizer_round_trips_every_solution_string():
     tokenizer = AutoTokenizer.from_pretrained(DATA_DIR / "tokenizer")
     rng = np.random.default_rng(0)

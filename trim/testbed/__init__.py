@@ -33,7 +33,8 @@ SAMPLING = {"weak": WEAK_SAMPLING, "strong": STRONG_SAMPLING}
 
 
 class Splits(dict):
-    """The fixed problem splits, each generated on first use (all of them take about 2 s)."""
+    """The fixed problem splits, each made on first use: read from `data/testbed/splits.json` for seed 0
+    (the evaluation splits), otherwise generated (about 2 s for all of them)."""
 
     def __init__(self, seed: int = 0):
         super().__init__()
