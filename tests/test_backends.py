@@ -90,6 +90,28 @@ def test_generator_stops_at_the_delimiter_and_reports_tokens():
     assert short.truncated and short.tokens == 2
 
 
+def test_generator_rows_propose_the_same_step_in_a_batch_that_sheds_its_stopped_rows(monkeypatch):
+    """Rows stop at different tokens and leave the batch (and its KV cache); each row's step must be the one
+    it proposes alone, and its token count must include exactly the tokens up to its own stop."""
+    from transformers import DynamicCache
+
+    from trim.testbed import WEAK_SAMPLING
+
+    shed = []
+    select = DynamicCache.batch_select_indices
+    monkeypatch.setattr(DynamicCache, "batch_select_indices", lambda self, keep: (shed.append(len(keep)),
+                                                                                  select(self, keep))[1])
+    generator = TransformersGenerator(DATA_DIR / "weak", WEAK_SAMPLING, name="w", reuse_prefix=False)
+    problems = task.make_split("test", size=40)
+    # Mixed prefixes: first steps, and third steps after the gold solution's first two.
+    requests = [StepRequest(p.id, p.question, tuple(p.gold_steps()[: 2 * (i % 2)])) for i, p in enumerate(problems)]
+    together = generator.propose(requests)
+    assert shed and min(shed) < len(requests), "the batch never shed a stopped row"
+    alone = [generator.propose([r])[0] for r in requests]
+    assert together == alone
+    assert len({p.tokens for p in together}) > 3  # the rows did stop at different lengths
+
+
 def test_generator_prefix_reuse_gives_the_same_solutions_as_rereading():
     from trim.testbed import WEAK_SAMPLING, evaluate
 

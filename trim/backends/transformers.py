@@ -186,26 +186,38 @@ class TransformersGenerator:
         for row, (r, ids) in enumerate(zip(requests, encoded) if self.reuse_prefix else ()):
             # Keep all but the prompt's last token: the next call must feed at least one token.
             self.prefixes.put((r.question, r.steps), ids[:-1], batch.row_kv(row, batch.news[row] - 1))
-        mask = batch.mask
-        positions = batch.positions[:, -1:]
-        n = len(requests)
-        generated = torch.full((n, self.sampling.max_step_tokens), self.tokenizer.pad_token_id, device=self.device)
+        mask, positions, cache, logits = batch.mask, batch.positions[:, -1:], out.past_key_values, out.logits[:, -1]
+        n, pad = len(requests), self.tokenizer.pad_token_id
+        generated = torch.full((n, self.sampling.max_step_tokens), pad, device=self.device)
         lengths = torch.zeros(n, dtype=torch.long, device=self.device)
         done = torch.zeros(n, dtype=torch.bool, device=self.device)
         ended_by_eos = torch.zeros(n, dtype=torch.bool, device=self.device)
+        live, live_rngs = torch.arange(n, device=self.device), rngs  # the batch's rows, as rows of the request
         for t in range(self.sampling.max_step_tokens):
-            token = sample_rows(out.logits[:, -1], self.sampling, rngs).to(self.device)
-            token = torch.where(done, self.tokenizer.pad_token_id, token)
-            generated[:, t] = token
-            lengths += (~done).long()
-            ended_by_eos |= ~done & (token == self.tokenizer.eos_token_id)
-            done |= torch.isin(token, self.stop_ids)
+            stopped = done[live]
+            token = torch.where(stopped, pad, sample_rows(logits, self.sampling, live_rngs).to(self.device))
+            generated[live, t] = token
+            lengths[live] += (~stopped).long()
+            ended_by_eos[live] |= ~stopped & (token == self.tokenizer.eos_token_id)
+            done[live] |= torch.isin(token, self.stop_ids)
             if bool(done.all()):
                 break
-            mask = torch.cat([mask, (~done).long().unsqueeze(-1)], dim=-1)
+            going = ~done[live]
+            # Steps differ in length (a doubling is a few tokens, a cube about 45), so most rows stop long
+            # before the last one; a stopped row would still cost its share of every forward pass. Drop the
+            # stopped rows from the batch and its KV cache once a quarter of the batch has stopped (copying
+            # the cache at every stop would cost as much as it saves). A row's tokens depend only on its own
+            # random stream, so which rows share its batch changes nothing.
+            if 4 * int(going.sum()) <= 3 * len(live):
+                keep = going.nonzero().squeeze(-1)
+                cache.batch_select_indices(keep)
+                live, token, mask, positions, going = live[keep], token[keep], mask[keep], positions[keep], going[keep]
+                live_rngs = [rngs[row] for row in live.tolist()]
+            mask = torch.cat([mask, going.long().unsqueeze(-1)], dim=-1)
             positions = positions + 1
             out = self.model(input_ids=token.unsqueeze(-1), attention_mask=attention_mask(mask, 1, self.prebuilt_masks),
-                             position_ids=positions, past_key_values=out.past_key_values, use_cache=True)
+                             position_ids=positions, past_key_values=cache, use_cache=True)
+            cache, logits = out.past_key_values, out.logits[:, -1]
         proposals = []
         for row in range(n):
             ids = generated[row, : lengths[row]].tolist()
