@@ -112,6 +112,29 @@ def test_generator_rows_propose_the_same_step_in_a_batch_that_sheds_its_stopped_
     assert len({p.tokens for p in together}) > 3  # the rows did stop at different lengths
 
 
+def test_roomy_cache_gives_the_dynamic_caches_numbers_when_growing_and_shedding_rows():
+    from transformers import AutoModelForCausalLM, DynamicCache
+
+    from trim.backends.prefix_cache import roomy_cache
+
+    model = AutoModelForCausalLM.from_pretrained(DATA_DIR / "weak").eval()
+    ids = torch.randint(5, 300, (6, 30), generator=torch.Generator().manual_seed(0))
+    logits = {}
+    for name, cache in (("dynamic", DynamicCache()), ("roomy", roomy_cache(model.config.num_hidden_layers, 4))):
+        with torch.inference_mode():
+            out, steps = model(input_ids=ids, past_key_values=cache, use_cache=True), []
+            for t in range(10):  # past its room of 4 tokens: the buffers grow
+                if t == 5:  # three rows stop and leave the batch
+                    cache.batch_select_indices(torch.tensor([0, 2, 5]))
+                    out.logits = out.logits[[0, 2, 5]]
+                token = out.logits[:, -1].argmax(-1, keepdim=True)
+                out = model(input_ids=token, past_key_values=cache, use_cache=True)
+                steps.append(out.logits[:, -1])
+        logits[name] = steps
+        assert cache.get_seq_length() == 40
+    assert all(torch.equal(a, b) for a, b in zip(logits["dynamic"], logits["roomy"]))
+
+
 def test_generator_prefix_reuse_gives_the_same_solutions_as_rereading():
     from trim.testbed import WEAK_SAMPLING, evaluate
 

@@ -13,6 +13,7 @@ from typing import Hashable, Sequence
 
 import torch
 from transformers import DynamicCache
+from transformers.cache_utils import DynamicLayer
 
 
 class PrefixCache:
@@ -71,13 +72,60 @@ def prebuilt_masks(model, remote_code: bool = False) -> bool:
     return not remote_code and getattr(model.config, "_attn_implementation", None) == "sdpa"
 
 
+class RoomyLayer(DynamicLayer):
+    """A layer of a KV cache that keeps its keys and values in buffers with room for `room` more tokens.
+
+    transformers' `DynamicLayer` appends a decoded token with `torch.cat`, copying the whole cache at every
+    step (on a CPU, as much time as the attention itself); here a step writes into the spare room, and the
+    model reads views of the filled part, the same numbers in the same layout. Out of room, the buffers
+    grow by copying, as `torch.cat` would."""
+
+    def __init__(self, room: int):
+        super().__init__()
+        self.room, self.length, self.buffers = room, 0, None
+
+    def _views(self) -> tuple[torch.Tensor, torch.Tensor]:
+        self.keys, self.values = (b[:, :, : self.length] for b in self.buffers)
+        return self.keys, self.values
+
+    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, cache_kwargs=None):
+        new = key_states.shape[-2]
+        if self.buffers is None or self.length + new > self.buffers[0].shape[-2]:
+            size = self.length + new + self.room
+            grown = tuple(t.new_empty((*t.shape[:2], size, t.shape[-1])) for t in (key_states, value_states))
+            if self.buffers is not None:
+                for old, buffer in zip(self.buffers, grown):
+                    buffer[:, :, : self.length] = old[:, :, : self.length]
+            self.buffers = grown
+            self.dtype, self.device, self.is_initialized = key_states.dtype, key_states.device, True
+        self.buffers[0][:, :, self.length: self.length + new] = key_states
+        self.buffers[1][:, :, self.length: self.length + new] = value_states
+        self.length += new
+        return self._views()
+
+    def batch_select_indices(self, indices: torch.Tensor) -> None:
+        if self.buffers is not None:
+            self.buffers = tuple(b[indices] for b in self.buffers)
+            self._views()
+
+
+def roomy_cache(layers: int, room: int) -> DynamicCache:
+    """An empty `DynamicCache` whose `layers` are `RoomyLayer`s with room for `room` more tokens."""
+    cache = DynamicCache()
+    cache.layers = [RoomyLayer(room) for _ in range(layers)]
+    return cache
+
+
 class PastBatch:
     """A batch whose rows continue from cached prefixes of different lengths.
 
     Layout per row: [left pad | cached prefix (L_i) | left pad | new tokens (n_i)], widths P and N, so
     every row's last token sits in the last column (ready for decoding)."""
 
-    def __init__(self, found: Sequence[dict | None], news: Sequence[list[int]], pad_id: int, device):
+    def __init__(self, found: Sequence[dict | None], news: Sequence[list[int]], pad_id: int, device,
+                 decode: int = 0, layers: int = 0):
+        """`decode` > 0 (with the model's number of `layers`): the tokens to be decoded after these, for which
+        the cache keeps room (`RoomyLayer`)."""
         self.lengths = [0 if f is None else len(f["ids"]) for f in found]
         self.news = [len(n) for n in news]
         self.past, self.width = max(self.lengths), max(self.news)
@@ -90,9 +138,8 @@ class PastBatch:
             self.mask[row, self.past + self.width - len(new):] = 1
             self.input_ids[row, self.width - len(new):] = torch.tensor(new, device=device)
             self.positions[row, self.width - len(new):] = length + torch.arange(len(new), device=device)
-        self.cache = DynamicCache()
+        self.cache = roomy_cache(layers, self.width + decode) if decode else DynamicCache()
         if self.past:
-            layers = []
             template = next(f for f in found if f is not None)["kv"]
             for layer, (k0, v0) in enumerate(template):
                 keys = k0.new_zeros((batch, k0.shape[0], self.past, k0.shape[-1]))
@@ -102,8 +149,7 @@ class PastBatch:
                         k, v = f["kv"][layer]
                         keys[row, :, self.past - k.shape[1]:] = k
                         values[row, :, self.past - v.shape[1]:] = v
-                layers.append((keys, values))
-            self.cache = DynamicCache.from_legacy_cache(tuple(layers))
+                self.cache.update(keys, values, layer)
 
     def attention(self, prebuilt: bool = True) -> torch.Tensor | None:
         return attention_mask(self.mask, self.width, prebuilt)

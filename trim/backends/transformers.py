@@ -180,7 +180,8 @@ class TransformersGenerator:
         found = [self.prefixes.find([(r.question, r.steps[:k]) for k in range(len(r.steps) - 1, -1, -1)], ids)
                  if self.reuse_prefix else None for r, ids in zip(requests, encoded)]
         batch = PastBatch(found, [ids[0 if f is None else len(f["ids"]):] for f, ids in zip(found, encoded)],
-                          self.tokenizer.pad_token_id, self.device)
+                          self.tokenizer.pad_token_id, self.device, decode=self.sampling.max_step_tokens,
+                          layers=self.model.config.num_hidden_layers)
         out = self.model(input_ids=batch.input_ids, attention_mask=batch.attention(self.prebuilt_masks),
                          position_ids=batch.positions, past_key_values=batch.cache, use_cache=True)
         for row, (r, ids) in enumerate(zip(requests, encoded) if self.reuse_prefix else ()):
