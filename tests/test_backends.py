@@ -43,6 +43,31 @@ def test_incremental_prm_scores_equal_full_rescoring(random_prm):
     assert np.allclose(np.array(sum(a, [])), np.array(sum(b, [])), atol=1e-5)
 
 
+def test_length_groups_cut_only_where_padding_costs_more_than_a_forward():
+    from trim.backends.prefix_cache import length_groups
+
+    lengths = [40, 3, 41, 2, 4, 39, 3, 42]
+    groups = length_groups(lengths, max_rows=64, fixed_cost=16)
+    assert sorted(i for g in groups for i in g) == list(range(len(lengths)))
+    assert [sorted(lengths[i] for i in g) for g in groups] == [[2, 3, 3, 4], [39, 40, 41, 42]]
+    assert length_groups(lengths, max_rows=64, fixed_cost=10_000) == [sorted(range(8), key=lambda i: (lengths[i], i))]
+    assert all(len(g) <= 3 for g in length_groups([5] * 10, max_rows=3))
+
+
+def test_prm_scores_rows_of_mixed_lengths_in_separate_forwards_with_the_same_scores(random_prm, monkeypatch):
+    prm, alone = StepTagPRM(random_prm), StepTagPRM(random_prm)
+    problems = task.make_split("test", size=12)
+    rng = np.random.default_rng(1)
+    steps = [task.demonstration(p, rng, task.WEAK_TEACHER)[0][: 1 + 4 * (i % 2)] for i, p in enumerate(problems)]
+    forwards = []
+    original = prm._score_past
+    monkeypatch.setattr(prm, "_score_past", lambda *a: forwards.append(len(a[0])) or original(*a))
+    together = prm.score([p.question for p in problems], steps)
+    assert len(forwards) == 2 and sum(forwards) == 12, "one step and five steps went to separate forwards"
+    for p, s, scores in zip(problems, steps, together):
+        assert np.allclose(scores, alone.score([p.question], [s])[0], atol=1e-6)
+
+
 def test_prm_context_overflow_truncates_left_and_marks_lost_steps(random_prm):
     prm = StepTagPRM(random_prm, max_length=40)
     p = task.make_split("test", size=1)[0]

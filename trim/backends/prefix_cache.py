@@ -109,6 +109,28 @@ class RoomyLayer(DynamicLayer):
             self._views()
 
 
+def length_groups(lengths: Sequence[int], max_rows: int, fixed_cost: int = 256) -> list[list[int]]:
+    """Indices of `lengths` cut into batches of at most `max_rows` rows of similar length.
+
+    A padded batch costs about `fixed_cost` token-rows (a forward's fixed price: kernel launches, Python)
+    plus rows x its longest length. Sorted by length, the cheapest contiguous cut is found exactly by
+    dynamic programming, so short rows stop paying for the longest one's padding, and a batch is split
+    only where the padding saved is worth a forward of its own."""
+    order = sorted(range(len(lengths)), key=lambda i: (lengths[i], i))
+    sizes = [max(1, lengths[i]) for i in order]
+    best, cut = [0] + [None] * len(order), [0] * (len(order) + 1)
+    for end in range(1, len(order) + 1):
+        for start in range(max(0, end - max_rows), end):
+            cost = best[start] + fixed_cost + (end - start) * sizes[end - 1]
+            if best[end] is None or cost < best[end]:
+                best[end], cut[end] = cost, start
+    groups, end = [], len(order)
+    while end:
+        groups.append(order[cut[end]: end])
+        end = cut[end]
+    return groups[::-1]
+
+
 def roomy_cache(layers: int, room: int) -> DynamicCache:
     """An empty `DynamicCache` whose `layers` are `RoomyLayer`s with room for `room` more tokens."""
     cache = DynamicCache()

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoModelForTokenClassification
 
-from trim.backends.prefix_cache import PastBatch, PrefixCache, attention_mask, prebuilt_masks
+from trim.backends.prefix_cache import PastBatch, PrefixCache, attention_mask, length_groups, prebuilt_masks
 from trim.backends.prompts import PRM_STEP_TAG, chat_prompt, fit_to_context, load_tokenizer, prm_text
 from trim.protocols import STEP_DELIMITER, SamplingParams, StepProposal, StepRequest, request_seed
 from trim.sampling import sample_rows
@@ -296,13 +296,9 @@ class StepTagPRM:
             for step in s:
                 if self.step_tag in step:
                     raise ValueError(f"a step contains the PRM's step tag {self.step_tag!r}: {step!r}")
-        scores: list[list[float]] = []
-        for start in range(0, len(questions), self.batch_size):
-            batch = slice(start, start + self.batch_size)
-            scores.extend(self._score_batch(questions[batch], steps[batch]))
-        return scores
+        return self._score_rows(list(questions), [list(x) for x in steps])
 
-    def _score_batch(self, questions, steps) -> list[list[float]]:
+    def _score_rows(self, questions, steps) -> list[list[float]]:
         encoded = self.tokenizer([self.text(q, s) for q, s in zip(questions, steps)],
                                  add_special_tokens=False).input_ids
         fits = [len(ids) <= self.max_length for ids in encoded]
@@ -330,7 +326,9 @@ class StepTagPRM:
                                   "`.overflows`.", stacklevel=4)
                 self.overflows += len(over)
             fitted = [self._fit(questions[i], steps[i], encoded[i]) for i in full]
-            result = _place(result, full, self._score_full(fitted, [len(steps[i]) for i in full]))
+            for group in length_groups([len(ids) for ids in fitted], self.batch_size):
+                scored = self._score_full([fitted[k] for k in group], [len(steps[full[k]]) for k in group])
+                result = _place(result, [full[k] for k in group], scored)
         return result
 
     def _fit(self, question: str, steps: Sequence[str], ids: list[int]) -> list[int]:
@@ -358,11 +356,21 @@ class StepTagPRM:
             result.append([float("nan")] * (n - len(tag_scores)) + tag_scores)
         return result
 
-    @torch.inference_mode()
     def _score_incremental(self, questions, steps, encoded) -> list[list[float]]:
-        """Score only the tokens after the longest already-scored prefix of each row (`PrefixCache`)."""
+        """Score only the tokens after the longest already-scored prefix of each row (`PrefixCache`), in
+        batches of rows with similar numbers of new tokens (`length_groups`)."""
         found = [self.prefixes.find([(q, tuple(s[:k])) for k in range(len(s) - 1, 0, -1)], ids)
                  for q, s, ids in zip(questions, steps, encoded)]
+        result: list = [None] * len(encoded)
+        for group in length_groups([len(ids) - (0 if f is None else len(f["ids"])) for f, ids in zip(found, encoded)],
+                                   self.batch_size):
+            scored = self._score_past([questions[i] for i in group], [steps[i] for i in group],
+                                      [encoded[i] for i in group], [found[i] for i in group])
+            result = _place(result, group, scored)
+        return result
+
+    @torch.inference_mode()
+    def _score_past(self, questions, steps, encoded, found) -> list[list[float]]:
         batch = PastBatch(found, [ids[0 if f is None else len(f["ids"]):] for f, ids in zip(found, encoded)],
                           self.tokenizer.pad_token_id, self.device)
         logits = self.model(input_ids=batch.input_ids, attention_mask=batch.attention(self.prebuilt_masks),

@@ -97,9 +97,23 @@ def prm_example(tokenizer, question: str, steps: list[str], labels: list[bool]) 
     return ids, [int(next(labels_iter)) if i == tag else -100 for i in ids]
 
 
-def prm_labels(step_correct: list[bool]) -> list[bool]:
-    """Good/bad per step: bad when wrong given its prefix, or when it directly follows the first wrong step."""
+# How steps are labelled (`--labels`): "first-error" judges each step on its own, except that the step
+# right after the first error is bad too; "monte-carlo" calls every step from the first error on bad, as
+# Monte Carlo estimation does (a rollout from a wrong prefix rarely reaches the right answer), which is how
+# most of Qwen2.5-Math-PRM's training data was labelled.
+LABEL_STYLES = {
+    "first-error": "bad: wrong given its prefix, or directly after the first wrong step; otherwise good",
+    "monte-carlo": "bad: the first wrong step and every step after it; otherwise good",
+}
+
+
+def prm_labels(step_correct: list[bool], style: str = "first-error") -> list[bool]:
+    """Good/bad per step, in one of the LABEL_STYLES."""
+    if style not in LABEL_STYLES:
+        raise ValueError(f"unknown label style {style!r}; choose one of {', '.join(LABEL_STYLES)}")
     first = next((i for i, ok in enumerate(step_correct) if not ok), None)
+    if style == "monte-carlo":
+        return [first is None or i < first for i in range(len(step_correct))]
     return [bool(ok) and (first is None or i != first + 1) for i, ok in enumerate(step_correct)]
 
 
@@ -156,7 +170,8 @@ def train_prm(args) -> None:
                                           seed=args.seed, device="cpu")
         pools[role] = sample_solutions(generator, train_problems[offset: offset + count], seed=args.seed)
         print(f"sampled {count} {role} solutions in {time.time() - start:.0f} s", flush=True)
-    sampled = [(s.problem.question, s.steps, prm_labels(s.step_correct)) for pool in pools.values() for s in pool]
+    sampled = [(s.problem.question, s.steps, prm_labels(s.step_correct, args.labels))
+               for pool in pools.values() for s in pool]
     weak = TransformersGenerator(DATA_DIR / "weak", sampling=SAMPLING["weak"], name="testbed-weak", seed=args.seed,
                                  device="cpu")
     held_out = sample_solutions(weak, task.make_split("validation", size=args.validation_samples), seed=args.seed)
@@ -177,7 +192,7 @@ def train_prm(args) -> None:
         batch = [sampled[i] for i in rng.choice(len(sampled), args.batch_size // 2, replace=False)]
         for p in next(demos):
             steps, correct = prm_demonstration(p, rng, args.error_rich_share)
-            batch.append((p.question, steps, prm_labels(correct)))
+            batch.append((p.question, steps, prm_labels(correct, args.labels)))
         with torch.autocast("cpu", dtype=torch.bfloat16):
             loss = model(**collate([prm_example(tokenizer, *b) for b in batch], tokenizer.pad_token_id)).loss
         loss.backward()
@@ -214,7 +229,7 @@ def train_prm(args) -> None:
         "command": args.command, "seed": args.seed,
         "role": "prm", "initialised_from": args.init, "extra_layers": args.extra_layers,
         "parameters": sum(p.numel() for p in model.parameters()),
-        "labels": "bad: wrong given its prefix, or directly after the first wrong step; otherwise good",
+        "labels": LABEL_STYLES[args.labels],
         "steps_planned": args.steps, "selected_step": chosen["step"],
         "selection": ("calibrated per-state histograms nearest the real PRM's" if args.select == "histogram"
                       else f"validation AUROC S0 vs S2 nearest {args.target_auroc}"),

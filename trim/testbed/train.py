@@ -28,7 +28,7 @@ from transformers import LlamaForCausalLM, PreTrainedTokenizerFast
 
 from trim.protocols import STEP_DELIMITER
 from trim.testbed import DATA_DIR, task
-from trim.testbed.prm_training import train_prm
+from trim.testbed.prm_training import LABEL_STYLES, train_prm
 from trim.testbed.reference import REAL_PRM_AUROC
 from trim.testbed.tokenizer import build_tokenizer
 from trim.testbed.training import cosine_lr, length_bucketed, llama_config, write_record
@@ -165,6 +165,8 @@ def main(argv=None) -> None:
                        help="identity-initialised layers stacked on the initial model (default 0)")
     p_prm.add_argument("--error-rich-share", type=float, default=0.0,
                        help="share of demonstrations by the error-rich teacher (default 0)")
+    p_prm.add_argument("--labels", choices=sorted(LABEL_STYLES), default="first-error",
+                       help="how steps after the first error are labelled (default first-error; see LABEL_STYLES)")
     p_prm.add_argument("--validation-samples", type=int, default=500,
                        help="weak solutions of validation problems for selection and calibration")
     p_prm.add_argument("--weak-samples", type=int, default=2000, help="weak solutions sampled for PRM data")
