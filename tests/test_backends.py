@@ -137,6 +137,22 @@ def test_generator_rows_propose_the_same_step_in_a_batch_that_sheds_its_stopped_
     assert len({p.tokens for p in together}) > 3  # the rows did stop at different lengths
 
 
+def test_generator_reads_prompts_of_mixed_lengths_in_separate_prefills_and_proposes_the_same_steps(monkeypatch):
+    from trim.backends import transformers as backend
+    from trim.testbed import WEAK_SAMPLING
+
+    generator = TransformersGenerator(DATA_DIR / "weak", WEAK_SAMPLING, name="w")
+    groups = []
+    cut = backend.length_groups
+    monkeypatch.setattr(backend, "length_groups", lambda *a: (groups.append(cut(*a)), groups[-1])[1])
+    problems = task.make_split("test", size=24)
+    requests = [StepRequest(p.id, p.question, tuple(p.gold_steps()[: 4 * (i % 2)])) for i, p in enumerate(problems)]
+    together = generator.propose(requests)
+    assert len(groups[0]) >= 2, "prompts with and without four steps were read in separate forwards"
+    fresh = TransformersGenerator(DATA_DIR / "weak", WEAK_SAMPLING, name="w")
+    assert together == [fresh.propose([r])[0] for r in requests]
+
+
 def test_roomy_cache_gives_the_dynamic_caches_numbers_when_growing_and_shedding_rows():
     from transformers import AutoModelForCausalLM, DynamicCache
 

@@ -170,6 +170,30 @@ class TransformersGenerator:
             out.extend(self._propose_batch(requests[start: start + self.batch_size]))
         return out
 
+    def _prefill(self, requests, encoded, found) -> list[dict]:
+        """Read every prompt but its last token into the prefix cache, and return those entries.
+
+        Rows are read in batches of similar numbers of new tokens (`length_groups`): the new tokens are the
+        steps accepted since the row's last call, a few tokens for a doubling and dozens for a cube or a
+        strong model's first look at a solution, and one padded batch would make every row pay for the
+        longest. Decoding then starts from one token per row. The last token is left out because the
+        next call must feed at least one."""
+        found = list(found)
+        todo = [row for row, (f, ids) in enumerate(zip(found, encoded)) if len(ids) - 1 > (len(f["ids"]) if f else 0)]
+        news = [len(encoded[row]) - 1 - (len(found[row]["ids"]) if found[row] else 0) for row in todo]
+        for group in length_groups(news, self.batch_size):
+            rows = [todo[k] for k in group]
+            batch = PastBatch([found[row] for row in rows],
+                              [encoded[row][len(found[row]["ids"]) if found[row] else 0: -1] for row in rows],
+                              self.tokenizer.pad_token_id, self.device)
+            self.model(input_ids=batch.input_ids, attention_mask=batch.attention(self.prebuilt_masks),
+                       position_ids=batch.positions, past_key_values=batch.cache, use_cache=True)
+            for k, row in enumerate(rows):
+                r = requests[row]
+                self.prefixes.put((r.question, r.steps), encoded[row][:-1], batch.row_kv(k, batch.news[k]))
+                found[row] = self.prefixes.entries[(r.question, r.steps)]
+        return found
+
     @torch.inference_mode()
     def _propose_batch(self, requests: Sequence[StepRequest]) -> list[StepProposal]:
         rngs = [np.random.default_rng(request_seed(self.seed, self.name, r)) for r in requests]
@@ -179,14 +203,13 @@ class TransformersGenerator:
         # Continue from the longest cached prompt of this problem (its previous steps' prompts).
         found = [self.prefixes.find([(r.question, r.steps[:k]) for k in range(len(r.steps) - 1, -1, -1)], ids)
                  if self.reuse_prefix else None for r, ids in zip(requests, encoded)]
+        if self.reuse_prefix:
+            found = self._prefill(requests, encoded, found)
         batch = PastBatch(found, [ids[0 if f is None else len(f["ids"]):] for f, ids in zip(found, encoded)],
                           self.tokenizer.pad_token_id, self.device, decode=self.sampling.max_step_tokens,
                           layers=self.model.config.num_hidden_layers)
         out = self.model(input_ids=batch.input_ids, attention_mask=batch.attention(self.prebuilt_masks),
                          position_ids=batch.positions, past_key_values=batch.cache, use_cache=True)
-        for row, (r, ids) in enumerate(zip(requests, encoded) if self.reuse_prefix else ()):
-            # Keep all but the prompt's last token: the next call must feed at least one token.
-            self.prefixes.put((r.question, r.steps), ids[:-1], batch.row_kv(row, batch.news[row] - 1))
         mask, positions, cache, logits = batch.mask, batch.positions[:, -1:], out.past_key_values, out.logits[:, -1]
         n, pad = len(requests), self.tokenizer.pad_token_id
         generated = torch.full((n, self.sampling.max_step_tokens), pad, device=self.device)
