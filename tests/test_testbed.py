@@ -216,6 +216,17 @@ def test_prm_labels_calibration_fit_and_fold():
     for state in ("S0", "S2"):
         mass = np.histogram(calibrated[states == state], bins=REAL_PRM_BINS)[0] / (states == state).sum()
         assert np.abs(mass - real_prm_bin_masses(state)).max() < 0.12, (state, mass)
+    # The rates fit lands every ranged per-state rate in its range when the separation allows it.
+    from trim.testbed.prm_training import RANGED_RATES, fit_rates
+    from trim.testbed.reference import REAL
+
+    temperature, shift, _ = fit_rates(scores, states)
+    calibrated = 1 / (1 + np.exp(-(logits / temperature + shift)))
+    for state, threshold, side in RANGED_RATES:
+        r = calibrated[states == state]
+        rate = np.mean(r < threshold) if side == "<" else np.mean(r >= threshold)
+        low, high = REAL[f"PRM {state} P(r{side}{threshold})"][1]
+        assert low <= rate <= high, (state, threshold, side, rate)
     # Folding into the head changes the logit margin exactly as asked.
     config = LlamaConfig(vocab_size=20, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
                          num_attention_heads=2, num_labels=2)

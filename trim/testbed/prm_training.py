@@ -47,7 +47,7 @@ from trim.backends.prompts import prm_text
 from trim.backends.transformers import StepTagPRM, TransformersGenerator
 from trim.testbed import DATA_DIR, SAMPLING, task
 from trim.testbed.evaluate import prm_step_table, sample_solutions, state_auroc
-from trim.testbed.reference import REAL_PRM_BINS, real_prm_bin_masses
+from trim.testbed.reference import REAL, REAL_PRM_BINS, real_prm_bin_masses
 from trim.testbed.tokenizer import STEP_TAG
 from trim.testbed.training import cosine_lr, length_bucketed, llama_config, write_record
 
@@ -122,7 +122,7 @@ def fit_calibration(scores: np.ndarray, states: np.ndarray) -> tuple[float, floa
     are as near the real PRM's as they can be (least squares over S0, S1, S2), and that distance."""
     from scipy.optimize import minimize
 
-    logits = np.log(np.clip(scores, 1e-7, 1 - 1e-7)) - np.log1p(-np.clip(scores, 1e-7, 1 - 1e-7))
+    logits = _logits(scores)
 
     def loss(params):
         calibrated = 1 / (1 + np.exp(-(logits / math.exp(params[0]) + params[1])))
@@ -135,6 +135,39 @@ def fit_calibration(scores: np.ndarray, states: np.ndarray) -> tuple[float, floa
     best = min((minimize(loss, start, method="Nelder-Mead") for start in ([0.0, 0.0], [1.0, 0.0], [-1.0, 1.0])),
                key=lambda r: r.fun)
     return math.exp(best.x[0]), float(best.x[1]), float(best.fun)
+
+
+# The per-state rates the issue ranges (trim.testbed.reference.REAL): state, threshold, below or at-or-above.
+RANGED_RATES = (("S0", 0.5, "<"), ("S0", 0.9, ">="), ("S2", 0.5, "<"), ("S2", 0.9, ">="), ("S1", 0.5, "<"))
+
+
+def _logits(scores: np.ndarray) -> np.ndarray:
+    clipped = np.clip(scores, 1e-7, 1 - 1e-7)
+    return np.log(clipped) - np.log1p(-clipped)
+
+
+def fit_rates(scores: np.ndarray, states: np.ndarray) -> tuple[float, float, float]:
+    """(temperature, shift) for the logit that bring the five ranged per-state rates (`RANGED_RATES`) nearest
+    the real PRM's, each error in units of its range's width, and that distance (a sum of squares).
+
+    The histogram fit (`fit_calibration`) weighs every bin alike, so a PRM too sure of later steps (S1)
+    drags the S0 and S2 rates away from the real ones; here the rates the book's policies turn on are
+    the target. The rates are step functions of the parameters, so the fit is an exhaustive grid, each
+    point counted with sorted per-state logits."""
+    logits = _logits(scores)
+    temperatures = np.exp(np.linspace(-2.0, 2.5, 91))[:, None]
+    shifts = np.linspace(-6.0, 6.0, 241)[None, :]
+    distance = np.zeros((temperatures.shape[0], shifts.shape[1]))
+    for state, threshold, side in RANGED_RATES:
+        ranked = np.sort(logits[states == state])
+        # calibrated >= threshold  <=>  logit >= temperature * (logit(threshold) - shift)
+        cut = temperatures * (math.log(threshold / (1 - threshold)) - shifts)
+        below = np.searchsorted(ranked, cut, side="left") / max(1, len(ranked))
+        rate = below if side == "<" else 1 - below
+        real, (low, high) = REAL[f"PRM {state} P(r{side}{threshold})"]
+        distance += ((rate - real) / (high - low)) ** 2
+    i, j = np.unravel_index(np.argmin(distance), distance.shape)
+    return float(temperatures[i, 0]), float(shifts[0, j]), float(distance[i, j])
 
 
 def fold_calibration(model, temperature: float, shift: float) -> None:
@@ -154,6 +187,36 @@ def collate(examples: list[tuple[list[int], list[int]]], pad_id: int) -> dict[st
         ids[row, : len(tokens)], mask[row, : len(tokens)] = torch.tensor(tokens), 1
         labels[row, : len(targets)] = torch.tensor(targets)
     return {"input_ids": ids, "attention_mask": mask, "labels": labels}
+
+
+# How `--select` picks the checkpoint, and which calibration is folded into it.
+SELECTIONS = {
+    "auroc": "validation AUROC S0 vs S2 nearest {auroc}, histogram calibration",
+    "histogram": "calibrated per-state histograms nearest the real PRM's",
+    "rates": "calibrated ranged per-state rates nearest the real PRM's (fit_rates)",
+}
+
+
+def checkpoint_calibrations(scores: np.ndarray, states: np.ndarray) -> dict:
+    """What selection reads of a checkpoint on validation solutions: its AUROC and both calibrations."""
+    temperature, shift, distance = fit_calibration(scores, states)
+    rates_temperature, rates_shift, rates_distance = fit_rates(scores, states)
+    return {"validation_auroc_S0_vs_S2": round(state_auroc(scores, states), 4),
+            "calibration": {"temperature": temperature, "shift": shift, "histogram_distance": round(distance, 5)},
+            "rates_calibration": {"temperature": rates_temperature, "shift": rates_shift,
+                                  "rates_distance": round(rates_distance, 5)}}
+
+
+def select_checkpoint(history: list[dict], select: str, target_auroc: float) -> tuple[dict, dict]:
+    """The checkpoint `select` keeps (a `history` entry) and the calibration to fold into it."""
+    if select == "rates":
+        chosen = min(history, key=lambda h: h["rates_calibration"]["rates_distance"])
+        return chosen, chosen["rates_calibration"]
+    if select == "histogram":
+        chosen = min(history, key=lambda h: h["calibration"]["histogram_distance"])
+    else:
+        chosen = min(history, key=lambda h: abs(h["validation_auroc_S0_vs_S2"] - target_auroc))
+    return chosen, chosen["calibration"]
 
 
 def train_prm(args) -> None:
@@ -205,23 +268,16 @@ def train_prm(args) -> None:
             tokenizer.save_pretrained(checkpoint)
             table = prm_step_table(StepTagPRM(checkpoint, device="cpu"), held_out)
             scores, states = table["score"].to_numpy(), table["state"].to_numpy()
-            temperature, shift, distance = fit_calibration(scores, states)
             history.append({"step": step + 1, "loss": round(loss.item(), 4),
                             "minutes": round((time.time() - start) / 60, 1),
-                            "validation_auroc_S0_vs_S2": round(state_auroc(scores, states), 4),
-                            "calibration": {"temperature": temperature, "shift": shift,
-                                            "histogram_distance": round(distance, 5)}})
+                            **checkpoint_calibrations(scores, states)})
             print(json.dumps(history[-1]), flush=True)
-    # Real PRMs are good but imperfect: keep the checkpoint whose validation AUROC is nearest the real PRM's
-    # (or, with --select histogram, whose calibrated per-state histograms are), so the book's PRM is as noisy
-    # as the real one is, with the calibration fitted to it folded in.
-    if args.select == "histogram":
-        chosen = min(history, key=lambda h: h["calibration"]["histogram_distance"])
-    else:
-        chosen = min(history, key=lambda h: abs(h["validation_auroc_S0_vs_S2"] - args.target_auroc))
+    # Real PRMs are good but imperfect: keep the checkpoint that, calibrated, is nearest the real PRM by
+    # --select (its AUROC, its per-state histograms, or its ranged per-state rates), so the book's PRM is as
+    # noisy as the real one is, with the calibration fitted to it folded in.
+    chosen, calibration = select_checkpoint(history, args.select, args.target_auroc)
     model = LlamaForTokenClassification.from_pretrained(out / "checkpoints" / f"step-{chosen['step']}")
-    temperature, shift = chosen["calibration"]["temperature"], chosen["calibration"]["shift"]
-    fold_calibration(model, temperature, shift)
+    fold_calibration(model, calibration["temperature"], calibration["shift"])
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)
     shutil.rmtree(out / "checkpoints")
@@ -231,14 +287,15 @@ def train_prm(args) -> None:
         "parameters": sum(p.numel() for p in model.parameters()),
         "labels": LABEL_STYLES[args.labels],
         "steps_planned": args.steps, "selected_step": chosen["step"],
-        "selection": ("calibrated per-state histograms nearest the real PRM's" if args.select == "histogram"
-                      else f"validation AUROC S0 vs S2 nearest {args.target_auroc}"),
+        "selection": SELECTIONS[args.select].format(auroc=args.target_auroc),
         "error_rich_share": args.error_rich_share,
         **({"error_rich_teacher": ERROR_RICH_TEACHER.record(), "forget_box_rate": FORGET_BOX_RATE}
            if args.error_rich_share else {}),
-        "calibration": {**chosen["calibration"],
+        "calibration": {**calibration,
                         "fitted_on": f"{len(held_out)} weak solutions of the validation split",
-                        "target": "the real PRM's per-state score histogram (trim.testbed.reference)"},
+                        "target": ("the real PRM's ranged per-state rates (trim.testbed.reference.REAL)"
+                                   if args.select == "rates" else
+                                   "the real PRM's per-state score histogram (trim.testbed.reference)")},
         "batch_size": args.batch_size, "sampled_solutions": {role: len(pool) for role, pool in pools.items()},
         "held_out_validation_solutions": len(held_out), "sampling_wall_time_s": round(sampling_time, 1),
         "sampling": {role: params.__dict__ for role, params in SAMPLING.items()},

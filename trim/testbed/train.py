@@ -28,7 +28,7 @@ from transformers import LlamaForCausalLM, PreTrainedTokenizerFast
 
 from trim.protocols import STEP_DELIMITER
 from trim.testbed import DATA_DIR, task
-from trim.testbed.prm_training import LABEL_STYLES, train_prm
+from trim.testbed.prm_training import LABEL_STYLES, SELECTIONS, train_prm
 from trim.testbed.reference import REAL_PRM_AUROC
 from trim.testbed.tokenizer import build_tokenizer
 from trim.testbed.training import cosine_lr, length_bucketed, llama_config, write_record
@@ -158,9 +158,9 @@ def main(argv=None) -> None:
     p_prm.add_argument("--target-auroc", type=float, default=REAL_PRM_AUROC["S0 vs S2"],
                        help="keep the checkpoint whose validation AUROC (S0 vs S2) is nearest this "
                             f"(default: the real PRM's, {REAL_PRM_AUROC['S0 vs S2']})")
-    p_prm.add_argument("--select", choices=["auroc", "histogram"], default="auroc",
+    p_prm.add_argument("--select", choices=sorted(SELECTIONS), default="auroc",
                        help="keep the checkpoint by --target-auroc, or by the distance of its calibrated per-state "
-                            "score histograms to the real PRM's (default: auroc)")
+                            "score histograms, or of its calibrated ranged rates, to the real PRM's (default: auroc)")
     p_prm.add_argument("--extra-layers", type=int, default=0,
                        help="identity-initialised layers stacked on the initial model (default 0)")
     p_prm.add_argument("--error-rich-share", type=float, default=0.0,
