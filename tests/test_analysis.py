@@ -9,9 +9,9 @@ import pandas as pd
 import pytest
 
 from trim import metrics, paper, plots, prm_quality, testbed
-from trim.engine import run_policy
+from trim.engine import run_policies, run_policy
 from trim.experiment import Harness
-from trim.policies import Threshold
+from trim.policies import RandomRegeneration, StrongOnly, Threshold
 from trim.sweep import random_matched, threshold_grid
 from trim.testbed import evaluate, task
 from trim.testbed.oracle import OraclePRM
@@ -106,6 +106,22 @@ def test_paper_numbers_are_consistent_with_the_metrics():
     assert metrics.cpt(release, paper.RELEASE_ENDS, 50) == pytest.approx(18.71, abs=0.01)
     dibc = paper.MATH500["dIBC"]
     assert dibc["TRIM-Thr"] / dibc["AutoMix-PRM (best query-level)"] == pytest.approx(5.0)
+
+
+def test_a_sweep_side_by_side_routes_as_independent_runs_do(tb, problems):
+    """The policies of a sweep share rounds and cached batches; each one's steps, decisions and costs are
+    those of its own run (scores agree to float noise: a row's padding differs with its batch)."""
+    policies = [Threshold(0.3), Threshold(0.8), StrongOnly(), RandomRegeneration(0.3, seed=1)]
+    harness = Harness(tb.weak, tb.strong, tb.prm, progress=False)
+    together = run_policies(problems, policies, harness.weak, harness.strong, harness.prm, progress=False)
+    route = lambda r: [(s["text"], s["model"], s["tokens"]) for s in r["steps"]]  # noqa: E731
+    for policy, records in zip(policies, together):
+        alone = run_policy(problems, policy, tb.weak, tb.strong, tb.prm, progress=False)
+        assert [route(r) for r in records] == [route(r) for r in alone], policy.name
+        assert [r["correct"] for r in records] == [r["correct"] for r in alone]
+        scores = [(a["score"], b["score"]) for r, q in zip(records, alone) for a, b in zip(r["steps"], q["steps"])
+                  if a["score"] is not None]
+        assert np.allclose(*zip(*scores), atol=1e-5) if scores else policy.name == "strong-only"
 
 
 def test_random_matched_follows_the_sweep_rates(tb, problems):

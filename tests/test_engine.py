@@ -6,7 +6,7 @@ import json
 import pytest
 
 from trim.cache import CachedGenerator, CachedPRM
-from trim.engine import RunSettings, run_policy
+from trim.engine import RunSettings, run_policies, run_policy
 from trim.policies import RSD, RandomRegeneration, StrongOnly, Threshold, WeakOnly, make_policy
 from trim.protocols import SamplingParams, StepProposal
 from trim.traces import read_traces, save_parquet, steps_frame, traces_frame
@@ -125,6 +125,25 @@ def test_traces_append_resume_and_refuse_other_settings(tmp_path):
     assert [r["problem_id"] for r in read_traces(path)] == ["p0", "p1", "p2", "p3"]
     with pytest.raises(ValueError, match="other settings"):
         run_policy(PROBLEMS, Threshold(0.6), weak, strong, KeywordPRM(), trace_path=path)
+
+
+def test_policies_side_by_side_give_their_own_runs_records_and_resume_each_trace(tmp_path):
+    policies = [Threshold(0.5), StrongOnly(), WeakOnly(), RSD()]
+    weak, strong = ScriptedGenerator("weak", bad_steps={2}), ScriptedGenerator("strong")
+    alone = [run_policy(PROBLEMS, policy, weak, strong, KeywordPRM()) for policy in policies]
+    paths = [tmp_path / f"{i}.jsonl" for i in range(len(policies))]
+    weak.calls.clear()
+    together = run_policies(PROBLEMS, policies, weak, strong, KeywordPRM(), trace_paths=paths)
+    assert together == alone
+    assert weak.calls == [12, 12, 12], "the three policies that read the weak model shared its batches"
+    # A crash that lost the last two problems of one trace: only those two rows run again.
+    lines = paths[0].read_text().splitlines(keepends=True)
+    paths[0].write_text("".join(lines[:2]))
+    weak.calls.clear()
+    assert run_policies(PROBLEMS, policies, weak, strong, KeywordPRM(), trace_paths=paths) == alone
+    assert weak.calls == [2, 2, 2]
+    with pytest.raises(ValueError, match="same trace"):
+        run_policies(PROBLEMS, policies[:2], weak, strong, KeywordPRM(), trace_paths=[paths[0], paths[0]])
 
 
 def test_traces_record_settings_and_load_as_frames(tmp_path):

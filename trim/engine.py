@@ -1,7 +1,8 @@
 """The TRIM loop, run for every active problem in lockstep (the book's appendix draws it).
 
 Each round: one weak batch proposes the next step of every active problem, one PRM batch scores
-them, the policy decides, and one strong batch rewrites only the flagged steps. Regeneration replaces
+them, the policy decides, and one strong batch rewrites only the flagged steps. Several policies can
+share the rounds (`run_policies`, as a sweep does), each deciding for its own rows. Regeneration replaces
 the current step only; control then returns to the weak model. A solution stops at a step holding
 ``\\boxed{}``, at the model's end of text, at `max_steps`, or at `max_tokens` decoded tokens.
 
@@ -41,6 +42,7 @@ class RunSettings:
 @dataclasses.dataclass
 class _State:
     problem: object
+    policy: int = 0                                            # index into the run's policies
     steps: list = dataclasses.field(default_factory=list)     # accepted step texts
     records: list = dataclasses.field(default_factory=list)   # per-step trace records
     scores: list = dataclasses.field(default_factory=list)    # PRM scores of the accepted steps, as last read
@@ -92,42 +94,63 @@ def run_policy(problems: Sequence, policy: Policy, weak, strong, prm, run: RunSe
     """Solve every problem with `policy`; return one trace record per problem (in input order).
 
     With `trace_path`, finished problems are appended as they finish and skipped on a rerun."""
+    return run_policies(problems, [policy], weak, strong, prm, run, [trace_path], progress)[0]
+
+
+def run_policies(problems: Sequence, policies: Sequence[Policy], weak, strong, prm, run: RunSettings = RunSettings(),
+                 trace_paths: Sequence | None = None, progress: bool | None = None) -> list[list[dict]]:
+    """Solve every problem with every policy in one lockstep batch; one list of records per policy.
+
+    Each (policy, problem) is a row of the same rounds, so the rows of a sweep that share a prefix are
+    asked for it together, and a cache in front of the models (`trim.experiment.Harness`) generates and
+    scores it once, in batches as large as all the policies' rows together. Each policy decides for its
+    own rows, in the order and rounds of a run of its own, so its records are those of `run_policy`.
+    `trace_paths`, one per policy (or None), are written and resumed as `run_policy` does."""
     duplicates = [i for i, n in collections.Counter(p.id for p in problems).items() if n > 1]
     if duplicates:
         raise ValueError(f"problem ids must be unique; repeated: {', '.join(map(str, duplicates[:5]))}")
-    if prm is None and policy.uses_weak and policy.uses_prm:
-        raise ValueError(f"policy {policy.name} reads PRM scores, but no PRM was given")
-    tag = _step_tag(prm) if policy.uses_weak else None
+    trace_paths = list(trace_paths) if trace_paths is not None else [None] * len(policies)
+    if len(trace_paths) != len(policies):
+        raise ValueError(f"{len(policies)} policies but {len(trace_paths)} trace paths")
+    shared = [str(t) for t, n in collections.Counter(str(t) for t in trace_paths if t).items() if n > 1]
+    if shared:
+        raise ValueError(f"two policies would write the same trace {shared[0]}; give each its own")
+    for policy in policies:
+        if prm is None and policy.uses_weak and policy.uses_prm:
+            raise ValueError(f"policy {policy.name} reads PRM scores, but no PRM was given")
+    tag = _step_tag(prm) if any(policy.uses_weak for policy in policies) else None
     if tag:
         holding = [p.id for p in problems if tag in str(p.question)]
         if holding:
             raise ValueError(f"the question of problem {holding[0]!r} contains the PRM's step tag {tag!r}, which "
                              f"would add a score ({len(holding)} problem(s) in all); remove the tag from the questions")
-    settings = settings_record(policy, weak, strong, prm, run, problems)
-    writer = TraceWriter(trace_path, settings) if trace_path else None
+    settings = [settings_record(policy, weak, strong, prm, run, problems) for policy in policies]
+    writers = [TraceWriter(path, record) if path else None for path, record in zip(trace_paths, settings)]
     try:
-        done = dict(writer.done) if writer else {}
-        active = [_State(p) for p in problems if p.id not in done]
-        bar = progress_bar(progress=progress, total=len(problems), initial=len(problems) - len(active),
-                           desc=policy.name)
+        done = [dict(writer.done) if writer else {} for writer in writers]
+        active = [_State(p, policy=j) for j in range(len(policies)) for p in problems if p.id not in done[j]]
+        total = len(problems) * len(policies)
+        bar = progress_bar(progress=progress, total=total, initial=total - len(active),
+                           desc=policies[0].name if len(policies) == 1 else f"{len(policies)} policies")
         while active:
-            _round(active, policy, weak, strong, prm, run)
+            _round(active, policies, weak, strong, prm, run)
             still = []
             for state in active:
                 if state.stop_reason is None:
                     still.append(state)
                     continue
-                record = _finish(state, policy)
-                done[state.problem.id] = {**record, "settings": settings}
-                if writer:
-                    writer.write(record)
+                record = _finish(state, policies[state.policy])
+                done[state.policy][state.problem.id] = {**record, "settings": settings[state.policy]}
+                if writers[state.policy]:
+                    writers[state.policy].write(record)
                 bar.update(1)
             active = still
         bar.close()
     finally:
-        if writer:
-            writer.close()
-    return [done[p.id] for p in problems]
+        for writer in writers:
+            if writer:
+                writer.close()
+    return [[done[j][p.id] for p in problems] for j in range(len(policies))]
 
 
 def _name(backend) -> str:
@@ -207,17 +230,20 @@ def _decisions(rows, observations: list[Observation], policy) -> list:
     return rows
 
 
-def _round(active: list[_State], policy: Policy, weak, strong, prm, run: RunSettings) -> None:
-    t_index = len(active[0].steps)  # lockstep: every active problem is at the same step index
+def _round(active: list[_State], policies: Sequence[Policy], weak, strong, prm, run: RunSettings) -> None:
     requests = [StepRequest(s.problem.id, s.problem.question, tuple(s.steps), run.seed) for s in active]
-    decisions = None
     candidates: list = [None] * len(active)
-    unscored: dict[int, list[int]] = {}  # row -> steps whose PRM score was NaN (read as 0.5)
-    if policy.uses_weak:
-        candidates = _proposals(weak.propose(requests), requests, weak)
-        scored = _score(active, candidates, prm) if prm is not None else {}
-        observations = []
-        for i, (state, candidate) in enumerate(zip(active, candidates)):
+    regenerate = [True] * len(active)     # a policy that never reads the weak model asks the strong one
+    unscored: dict[int, list[int]] = {}   # row -> steps whose PRM score was NaN (read as 0.5)
+    weak_rows = [i for i, s in enumerate(active) if policies[s.policy].uses_weak]
+    if weak_rows:
+        asked = [requests[i] for i in weak_rows]
+        for i, candidate in zip(weak_rows, _proposals(weak.propose(asked), asked, weak)):
+            candidates[i] = candidate
+        scored = _score(active, candidates, weak_rows, prm) if prm is not None else {}
+        observations = {}
+        for i in weak_rows:
+            state, candidate = active[i], candidates[i]
             score = None
             if prm is not None:
                 if i in scored:
@@ -227,21 +253,24 @@ def _round(active: list[_State], policy: Policy, weak, strong, prm, run: RunSett
                 else:
                     state.empty_steps += 1
                     score = 0.0  # an empty step has nothing to score: it gets the worst score, the policy decides
-            observations.append(Observation(
-                problem_id=state.problem.id, step_index=t_index + 1, score=score,
+            observations[i] = Observation(
+                problem_id=state.problem.id, step_index=len(state.steps) + 1, score=score,
                 previous_scores=tuple(state.scores), tokens=candidate.tokens,
-                strong_tokens=state.strong_tokens, weak_tokens=state.weak_tokens))
+                strong_tokens=state.strong_tokens, weak_tokens=state.weak_tokens)
             state.weak_tokens += candidate.tokens
             state.records.append({"score": score if i in scored else None})
-        decisions = _decisions(policy.decide(observations), observations, policy)
-        for state, observation, decision in zip(active, observations, decisions):
-            state.records[-1]["observation"] = observation.record()
-            if decision.info:
-                state.records[-1]["policy_info"] = dict(decision.info)
-        regenerate = [bool(d.regenerate) for d in decisions]
-    else:
-        regenerate = [True] * len(active)
-        for state in active:
+        for j, policy in enumerate(policies):
+            rows = [i for i in weak_rows if active[i].policy == j]
+            if not rows:
+                continue
+            seen = [observations[i] for i in rows]
+            for i, observation, decision in zip(rows, seen, _decisions(policy.decide(seen), seen, policy)):
+                active[i].records[-1]["observation"] = observation.record()
+                if decision.info:
+                    active[i].records[-1]["policy_info"] = dict(decision.info)
+                regenerate[i] = bool(decision.regenerate)
+    for i, state in enumerate(active):
+        if candidates[i] is None:
             state.records.append({"score": None})
     flagged = [i for i, r in enumerate(regenerate) if r]
     rewrites = {}
@@ -270,9 +299,9 @@ def _round(active: list[_State], policy: Policy, weak, strong, prm, run: RunSett
         state.stop_reason = _stop_reason(state, chosen, run)
 
 
-def _score(active: list[_State], candidates: list, prm) -> dict[int, list[float]]:
-    """PRM scores of every accepted prefix plus its non-empty candidate, by row."""
-    nonempty = [i for i, c in enumerate(candidates) if c.text.strip()]
+def _score(active: list[_State], candidates: list, rows: list[int], prm) -> dict[int, list[float]]:
+    """PRM scores of every accepted prefix plus its non-empty candidate, for `rows`, by row."""
+    nonempty = [i for i in rows if candidates[i].text.strip()]
     if not nonempty:
         return {}
     rows = _checked(prm.score([active[i].problem.question for i in nonempty],

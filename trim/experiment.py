@@ -12,7 +12,7 @@ from typing import Sequence
 import pandas as pd
 
 from trim.cache import CachedGenerator, CachedPRM
-from trim.engine import RunSettings, run_policy
+from trim.engine import RunSettings, run_policies, run_policy
 from trim.metrics import Endpoints, summarize
 from trim.policies import Policy, StrongOnly, WeakOnly
 
@@ -47,11 +47,14 @@ class Harness:
         return Endpoints(weak["accuracy"], strong["accuracy"], strong["strong_tokens"]), weak, strong
 
     def sweep(self, problems: Sequence, policies: Sequence[Policy]) -> pd.DataFrame:
-        """One row per policy: its knob values and its summary (accuracy, tokens, ...)."""
-        rows = []
-        for policy in policies:
-            rows.append({"policy": policy.name, **policy.params(), **summarize(self.run(problems, policy))})
-        return pd.DataFrame(rows)
+        """One row per policy: its knob values and its summary (accuracy, tokens, ...).
+
+        The policies run side by side in one lockstep batch (`run_policies`), so the steps they share are
+        asked for together and the new ones are generated in batches of every policy's rows."""
+        runs = run_policies(problems, policies, self.weak, self.strong, self.prm, self.run_settings,
+                            trace_paths=[self.trace_path(policy) for policy in policies], progress=self.progress)
+        return pd.DataFrame([{"policy": policy.name, **policy.params(), **summarize(records)}
+                             for policy, records in zip(policies, runs)])
 
     def cache_report(self) -> str:
         return (f"cache: weak {self.weak.hits} hits / {self.weak.misses} misses, strong {self.strong.hits} / "

@@ -1,10 +1,13 @@
 """Train the testbed PRM: a token-classification model that scores every step at its `<extra_0>` tag.
 
-Labels. A step is labelled *bad* when it is wrong given its own prefix, or when it directly follows the
-first wrong step; every other step after an error is judged on its own. That is how Qwen2.5-Math-PRM
-behaves, measured (DESIGN 3.1): it scores the first error low (76% below 0.5), but judges most later
-steps locally (only 35% below 0.5), so its score is not simply "still on track". The labels are exact,
-so the PRM's noise comes from the PRM itself, as it should.
+Labels (`--labels`, `LABEL_STYLES`). By default a step is labelled *bad* when it is wrong given its own
+prefix, or when it directly follows the first wrong step; every other step after an error is judged on
+its own. That is how Qwen2.5-Math-PRM behaves, measured (DESIGN 3.1): it scores the first error low (76%
+below 0.5), but judges most later steps locally (only 35% below 0.5), so its score is not simply "still
+on track". The alternative, `monte-carlo`, labels every step from the first error on bad, as Monte Carlo
+estimation does; a trial run with it (1,200 steps, otherwise as the shipped command) put too many
+later steps below 0.5 early on and never caught more first errors, so it is not the default. The
+labels are exact, so the PRM's noise comes from the PRM itself, as it should.
 
 Initialisation. From a trained language model's weights (`--init`, the weak model's by default), as real
 PRMs start from a language model (Qwen2.5-Math-PRM-7B from Qwen2.5-Math-7B-Instruct): the backbone already
