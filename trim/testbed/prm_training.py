@@ -6,10 +6,9 @@ its own. That is how Qwen2.5-Math-PRM behaves, measured (DESIGN 3.1): it scores 
 below 0.5), but judges most later steps locally (only 35% below 0.5), so its score is not simply "still
 on track". The alternative, `monte-carlo`, labels every step from the first error on bad, as Monte Carlo
 estimation does; a trial run with it (with the error-rich teacher and two extra layers below, stopped
-at step 800 of 1,200) put up to three quarters of the later steps below 0.5 and scored about a quarter or
-more of held-out first errors at 0.9 or more, no better than the default labels, so it is not the
-default. The
-labels are exact, so the PRM's noise comes from the PRM itself, as it should.
+at step 800 of 1,200) put up to three quarters of the later steps below 0.5 and scored about a quarter
+or more of held-out first errors at 0.9 or more, no better than the default labels, so it is not the
+default. The labels are exact, so the PRM's noise comes from the PRM itself, as it should.
 
 Initialisation. From a trained language model's weights (`--init`, the weak model's by default), as real
 PRMs start from a language model (Qwen2.5-Math-PRM-7B from Qwen2.5-Math-7B-Instruct): the backbone already
