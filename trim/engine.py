@@ -2,8 +2,8 @@
 
 Each round: one weak batch proposes the next step of every active problem, one PRM batch scores
 them, the policy decides, and one strong batch rewrites only the flagged steps. Several policies can
-share the rounds (`run_policies`, as a sweep does), each deciding for its own rows. Regeneration replaces
-the current step only; control then returns to the weak model. A solution stops at a step holding
+share the rounds (`run_policies`, as a sweep does), each deciding for its own rows. Regeneration
+replaces the current step only; control then returns to the weak model. A solution stops at a step holding
 ``\\boxed{}``, at the model's end of text, at `max_steps`, or at `max_tokens` decoded tokens.
 
 Every step record keeps what the policy saw (its `Observation`) and what it decided, with the
@@ -299,9 +299,9 @@ def _round(active: list[_State], policies: Sequence[Policy], weak, strong, prm, 
         state.stop_reason = _stop_reason(state, chosen, run)
 
 
-def _score(active: list[_State], candidates: list, rows: list[int], prm) -> dict[int, list[float]]:
-    """PRM scores of every accepted prefix plus its non-empty candidate, for `rows`, by row."""
-    nonempty = [i for i in rows if candidates[i].text.strip()]
+def _score(active: list[_State], candidates: list, weak_rows: list[int], prm) -> dict[int, list[float]]:
+    """PRM scores of every accepted prefix plus its non-empty candidate, for `weak_rows`, by row."""
+    nonempty = [i for i in weak_rows if candidates[i].text.strip()]
     if not nonempty:
         return {}
     rows = _checked(prm.score([active[i].problem.question for i in nonempty],
