@@ -33,14 +33,21 @@ class PrefixCache:
                 return entry
         return None
 
-    def put(self, key: Hashable, ids: list[int], kv: list[tuple[torch.Tensor, torch.Tensor]], **extra) -> None:
+    def put(self, key: Hashable, ids: list[int], kv: list[tuple[torch.Tensor, torch.Tensor]], **extra) -> dict:
+        """Store the entry (the newest, so eviction spares it) and return it."""
         if key in self.entries:
             self.bytes -= self.entries.pop(key)["bytes"]
         size = sum(k.numel() * k.element_size() * 2 for k, _ in kv)
-        self.entries[key] = {"ids": ids, "kv": kv, "bytes": size, **extra}
+        entry = self.entries[key] = {"ids": ids, "kv": kv, "bytes": size, **extra}
         self.bytes += size
         while self.bytes > self.max_bytes and len(self.entries) > 1:
             self.bytes -= self.entries.popitem(last=False)[1]["bytes"]
+        return entry
+
+
+def after_prefix(entry: dict | None, ids: list[int]) -> list[int]:
+    """The tokens of `ids` that a found cache entry (or None) has not read."""
+    return ids[len(entry["ids"]) if entry else 0:]
 
 
 def attention_4d(mask: torch.Tensor, queries: int) -> torch.Tensor:

@@ -15,7 +15,14 @@ import numpy as np
 import torch
 from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoModelForTokenClassification
 
-from trim.backends.prefix_cache import PastBatch, PrefixCache, attention_mask, length_groups, prebuilt_masks
+from trim.backends.prefix_cache import (
+    PastBatch,
+    PrefixCache,
+    after_prefix,
+    attention_mask,
+    length_groups,
+    prebuilt_masks,
+)
 from trim.backends.prompts import PRM_STEP_TAG, chat_prompt, fit_to_context, load_tokenizer, prm_text
 from trim.protocols import STEP_DELIMITER, SamplingParams, StepProposal, StepRequest, request_seed
 from trim.sampling import sample_rows
@@ -179,19 +186,17 @@ class TransformersGenerator:
         longest. Decoding then starts from one token per row. The last token is left out because the
         next call must feed at least one."""
         found = list(found)
-        todo = [row for row, (f, ids) in enumerate(zip(found, encoded)) if len(ids) - 1 > (len(f["ids"]) if f else 0)]
-        news = [len(encoded[row]) - 1 - (len(found[row]["ids"]) if found[row] else 0) for row in todo]
-        for group in length_groups(news, self.batch_size):
+        unread = [after_prefix(f, ids)[:-1] for f, ids in zip(found, encoded)]
+        todo = [row for row, tokens in enumerate(unread) if tokens]
+        for group in length_groups([len(unread[row]) for row in todo], self.batch_size):
             rows = [todo[k] for k in group]
-            batch = PastBatch([found[row] for row in rows],
-                              [encoded[row][len(found[row]["ids"]) if found[row] else 0: -1] for row in rows],
+            batch = PastBatch([found[row] for row in rows], [unread[row] for row in rows],
                               self.tokenizer.pad_token_id, self.device)
             self.model(input_ids=batch.input_ids, attention_mask=batch.attention(self.prebuilt_masks),
                        position_ids=batch.positions, past_key_values=batch.cache, use_cache=True)
             for k, row in enumerate(rows):
                 r = requests[row]
-                self.prefixes.put((r.question, r.steps), encoded[row][:-1], batch.row_kv(k, batch.news[k]))
-                found[row] = self.prefixes.entries[(r.question, r.steps)]
+                found[row] = self.prefixes.put((r.question, r.steps), encoded[row][:-1], batch.row_kv(k, batch.news[k]))
         return found
 
     @torch.inference_mode()
@@ -205,7 +210,7 @@ class TransformersGenerator:
                  if self.reuse_prefix else None for r, ids in zip(requests, encoded)]
         if self.reuse_prefix:
             found = self._prefill(requests, encoded, found)
-        batch = PastBatch(found, [ids[0 if f is None else len(f["ids"]):] for f, ids in zip(found, encoded)],
+        batch = PastBatch(found, [after_prefix(f, ids) for f, ids in zip(found, encoded)],
                           self.tokenizer.pad_token_id, self.device, decode=self.sampling.max_step_tokens,
                           layers=self.model.config.num_hidden_layers)
         out = self.model(input_ids=batch.input_ids, attention_mask=batch.attention(self.prebuilt_masks),
@@ -385,8 +390,7 @@ class StepTagPRM:
         found = [self.prefixes.find([(q, tuple(s[:k])) for k in range(len(s) - 1, 0, -1)], ids)
                  for q, s, ids in zip(questions, steps, encoded)]
         result: list = [None] * len(encoded)
-        for group in length_groups([len(ids) - (0 if f is None else len(f["ids"])) for f, ids in zip(found, encoded)],
-                                   self.batch_size):
+        for group in length_groups([len(after_prefix(f, ids)) for f, ids in zip(found, encoded)], self.batch_size):
             scored = self._score_past([questions[i] for i in group], [steps[i] for i in group],
                                       [encoded[i] for i in group], [found[i] for i in group])
             result = _place(result, group, scored)
@@ -394,7 +398,7 @@ class StepTagPRM:
 
     @torch.inference_mode()
     def _score_past(self, questions, steps, encoded, found) -> list[list[float]]:
-        batch = PastBatch(found, [ids[0 if f is None else len(f["ids"]):] for f, ids in zip(found, encoded)],
+        batch = PastBatch(found, [after_prefix(f, ids) for f, ids in zip(found, encoded)],
                           self.tokenizer.pad_token_id, self.device)
         logits = self.model(input_ids=batch.input_ids, attention_mask=batch.attention(self.prebuilt_masks),
                             position_ids=batch.positions, past_key_values=batch.cache, use_cache=True).logits
