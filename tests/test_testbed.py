@@ -227,6 +227,16 @@ def test_prm_labels_calibration_fit_and_fold():
         rate = np.mean(r < threshold) if side == "<" else np.mean(r >= threshold)
         low, high = REAL[f"PRM {state} P(r{side}{threshold})"][1]
         assert low <= rate <= high, (state, threshold, side, rate)
+    # Selection by rates keeps a checkpoint whose AUROC is in the real PRM's range over a closer fit that
+    # separates the states better than the real PRM does (no calibration can make it a worse judge).
+    from trim.testbed.prm_training import select_checkpoint
+
+    def entry(step, auroc, distance):
+        return {"step": step, "validation_auroc_S0_vs_S2": auroc,
+                "rates_calibration": {"temperature": 1.0, "shift": 0.0, "rates_distance": distance}}
+
+    assert select_checkpoint([entry(200, 0.95, 0.4), entry(400, 0.995, 0.1)], "rates", 0.961)[0]["step"] == 200
+    assert select_checkpoint([entry(200, 0.95, 0.4), entry(400, 0.97, 0.1)], "rates", 0.961)[0]["step"] == 400
     # Folding into the head changes the logit margin exactly as asked.
     config = LlamaConfig(vocab_size=20, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
                          num_attention_heads=2, num_labels=2)
@@ -267,6 +277,16 @@ def test_retraining_reproduces_the_shipped_tokenizer_and_training_is_seeded(tmp_
         assert first.keys() == again.keys()
         assert all(torch.equal(first[k], again[k]) for k in first), kind
         assert not all(torch.equal(first[k], other[k]) for k in first), kind
+    # --stop-after ends a longer schedule early: the steps it runs are the whole schedule's first steps.
+    runs = {}
+    for name, stop in (("whole", []), ("early", ["--stop-after", "2"])):
+        main(["prm", *small_prm, "--steps", "4", *stop, "--eval-every", "1", "--batch-size", "8",
+              "--out", str(tmp_path / name)])
+        record = json.loads((tmp_path / name / "training.json").read_text())
+        runs[name] = record, [{k: v for k, v in h.items() if k != "minutes"} for h in record["history"]]
+    (whole, whole_history), (early, early_history) = runs["whole"], runs["early"]
+    assert (whole["steps_run"], early["steps_run"], early["steps_planned"]) == (4, 2, 4)
+    assert early_history == whole_history[:2]
 
 
 def test_prm_training_options_error_rich_data_and_identity_layers():

@@ -201,7 +201,7 @@ def collate(examples: list[tuple[list[int], list[int]]], pad_id: int) -> dict[st
 SELECTIONS = {
     "auroc": "validation AUROC S0 vs S2 nearest {auroc}, histogram calibration",
     "histogram": "calibrated per-state histograms nearest the real PRM's",
-    "rates": "calibrated ranged per-state rates nearest the real PRM's (fit_rates)",
+    "rates": "calibrated ranged per-state rates nearest the real PRM's (fit_rates), AUROC in its range",
 }
 
 
@@ -215,10 +215,20 @@ def checkpoint_calibrations(scores: np.ndarray, states: np.ndarray) -> dict:
                                   "rates_distance": round(rates_distance, 5)}}
 
 
+def _auroc_distance(entry: dict) -> float:
+    """A checkpoint's AUROC (S0 vs S2) from the real PRM's, in units of its range's width, squared: the
+    sixth ranged quantity beside `fit_rates`' five, counted alike.
+
+    A monotone calibration cannot change the AUROC, so the rates fit alone would happily keep a PRM that
+    separates the states better than the real one does: too good a judge."""
+    real, (low, high) = REAL["PRM AUROC S0 vs S2"]
+    return ((entry["validation_auroc_S0_vs_S2"] - real) / (high - low)) ** 2
+
+
 def select_checkpoint(history: list[dict], select: str, target_auroc: float) -> tuple[dict, dict]:
     """The checkpoint `select` keeps (a `history` entry) and the calibration to fold into it."""
     if select == "rates":
-        chosen = min(history, key=lambda h: h["rates_calibration"]["rates_distance"])
+        chosen = min(history, key=lambda h: h["rates_calibration"]["rates_distance"] + _auroc_distance(h))
         return chosen, chosen["rates_calibration"]
     if select == "histogram":
         chosen = min(history, key=lambda h: h["calibration"]["histogram_distance"])
@@ -247,6 +257,7 @@ def train_prm(args) -> None:
                                  device="cpu")
     held_out = sample_solutions(weak, task.make_split("validation", size=args.validation_samples), seed=args.seed)
     sampling_time = time.time() - start
+    print(f"sampled {len(held_out)} held-out validation solutions; sampling took {sampling_time:.0f} s", flush=True)
 
     if args.init == "scratch":
         model = LlamaForTokenClassification(llama_config("prm", tokenizer, num_labels=2))
@@ -257,7 +268,7 @@ def train_prm(args) -> None:
     demos = length_bucketed(task.iter_problems(args.seed + 1), args.batch_size // 2, rng)
     out = Path(args.out or DATA_DIR / "prm")
     history = []
-    for step in range(args.steps):
+    for step in range(args.stop_after or args.steps):
         for group in optimizer.param_groups:
             group["lr"] = cosine_lr(step, args.steps, args.lr)
         batch = [sampled[i] for i in rng.choice(len(sampled), args.batch_size // 2, replace=False)]
@@ -280,12 +291,22 @@ def train_prm(args) -> None:
                             "minutes": round((time.time() - start) / 60, 1),
                             **checkpoint_calibrations(scores, states)})
             print(json.dumps(history[-1]), flush=True)
+    finish_prm(args, out, history, {
+        "sampled_solutions": {role: len(pool) for role, pool in pools.items()},
+        "held_out_validation_solutions": len(held_out), "sampling_wall_time_s": round(sampling_time, 1),
+        "wall_time_s": round(time.time() - start, 1)})
+
+
+def finish_prm(args, out: Path, history: list[dict], measured: dict) -> None:
+    """Keep the checkpoint `--select` picks from `history`, with its calibration folded in, in `out`, and write
+    its `training.json` (`measured`: the sample counts and wall times of the run)."""
     # Real PRMs are good but imperfect: keep the checkpoint that, calibrated, is nearest the real PRM by
     # --select (its AUROC, its per-state histograms, or its ranged per-state rates), so the book's PRM is as
     # noisy as the real one is, with the calibration fitted to it folded in.
     chosen, calibration = select_checkpoint(history, args.select, args.target_auroc)
     model = LlamaForTokenClassification.from_pretrained(out / "checkpoints" / f"step-{chosen['step']}")
     fold_calibration(model, calibration["temperature"], calibration["shift"])
+    tokenizer = PreTrainedTokenizerFast.from_pretrained(args.tokenizer)
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)
     shutil.rmtree(out / "checkpoints")
@@ -294,19 +315,21 @@ def train_prm(args) -> None:
         "role": "prm", "initialised_from": args.init, "extra_layers": args.extra_layers,
         "parameters": sum(p.numel() for p in model.parameters()),
         "labels": LABEL_STYLES[args.labels],
-        "steps_planned": args.steps, "selected_step": chosen["step"],
+        "steps_planned": args.steps, "steps_run": history[-1]["step"], "selected_step": chosen["step"],
         "selection": SELECTIONS[args.select].format(auroc=args.target_auroc),
         "error_rich_share": args.error_rich_share,
         **({"error_rich_teacher": ERROR_RICH_TEACHER.record(), "forget_box_rate": FORGET_BOX_RATE}
            if args.error_rich_share else {}),
         "calibration": {**calibration,
-                        "fitted_on": f"{len(held_out)} weak solutions of the validation split",
+                        "fitted_on": f"{measured['held_out_validation_solutions']} weak solutions of the validation "
+                                     "split",
                         "target": ("the real PRM's ranged per-state rates (trim.testbed.reference.REAL)"
                                    if args.select == "rates" else
                                    "the real PRM's per-state score histogram (trim.testbed.reference)")},
-        "batch_size": args.batch_size, "sampled_solutions": {role: len(pool) for role, pool in pools.items()},
-        "held_out_validation_solutions": len(held_out), "sampling_wall_time_s": round(sampling_time, 1),
+        "batch_size": args.batch_size, "sampled_solutions": measured["sampled_solutions"],
+        "held_out_validation_solutions": measured["held_out_validation_solutions"],
+        "sampling_wall_time_s": measured["sampling_wall_time_s"],
         "sampling": {role: params.__dict__ for role, params in SAMPLING.items()},
         "fresh_demonstrations_per_step": args.batch_size - args.batch_size // 2,
-        "wall_time_s": round(time.time() - start, 1), "threads": args.threads, "history": history,
+        "wall_time_s": measured["wall_time_s"], "threads": args.threads, "history": history,
     })
