@@ -320,3 +320,5 @@ def test_presets_are_choices_and_bad_combinations_are_refused(capsys, tmp_path):
     assert code == 2 and "solve only their own task" in err
     code, _, err = run_cli(capsys, "run", "--preset", "colab-t4", "--models", tmp_path, "--out", tmp_path)
     assert code == 2 and "cannot be combined with --preset colab-t4" in err
+    code, _, err = run_cli(capsys, "run", "--preset", "colab-t4", "--testbed-prm", "real-noise", "--out", tmp_path)
+    assert code == 2 and "--testbed-prm real-noise knows the testbed's task only" in err

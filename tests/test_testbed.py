@@ -7,6 +7,7 @@ import pytest
 from transformers import AutoModelForCausalLM, AutoModelForTokenClassification, AutoTokenizer
 
 from trim import testbed
+from trim.hashing import join_key
 from trim.protocols import StepRequest
 from trim.testbed import DATA_DIR, evaluate, task
 from trim.testbed.reference import REAL
@@ -160,6 +161,31 @@ def test_the_ranges_on_a_fresh_sample_of_the_task(tb):
     assert not set(failures) - known_misses, failures
     assert measured["PRM S0 P(r>=0.9)"] > REAL["PRM S0 P(r>=0.9)"][1][1] - 0.05
     assert measured["PRM S2 P(r>=0.9)"] > REAL["PRM S2 P(r>=0.9)"][1][1] - 0.05
+
+
+def test_real_noise_prm_reports_each_hidden_state_with_the_real_prms_noise():
+    from trim.testbed.oracle import RealNoisePRM
+    from trim.testbed.reference import REAL_PRM_STATES
+
+    for state, real in REAL_PRM_STATES.items():
+        r = np.array([RealNoisePRM._draw(state, f"{state}-{i}") for i in range(20000)])
+        for name, rate in (("P(r<0.1)", np.mean(r < 0.1)), ("P(r<0.5)", np.mean(r < 0.5)),
+                           ("P(r>=0.9)", np.mean(r >= 0.9)), ("P(r>=0.95)", np.mean(r >= 0.95))):
+            assert abs(rate - real[name]) < 0.015, (state, name, rate)
+    problems = task.make_split("validation", size=20)
+    prm, other = RealNoisePRM(problems), RealNoisePRM(problems, seed=1)
+    p = problems[0]
+    gold = p.gold_steps()
+    wrong = [gold[0], gold[0], *gold[2:]]  # step 2 repeats step 1: the first error
+    assert task.step_labels(p, wrong)[:2] == [True, False]
+    full = prm.score([p.question], [wrong])[0]
+    # A step scores the same in every prefix that holds it, and is drawn from its own state's distribution.
+    assert [prm.score([p.question], [wrong[:k]])[0] for k in (1, 2)] == [full[:1], full[:2]]
+    assert full[1] == RealNoisePRM._draw("S2", join_key(0, p.question, *wrong[:2]))
+    assert full[2] == RealNoisePRM._draw("S1", join_key(0, p.question, *wrong[:3]))
+    assert other.score([p.question], [wrong])[0] != full and prm.name != other.name
+    with pytest.raises(KeyError, match="pass every problem you route to RealNoisePRM"):
+        prm.score(["a question it was not given"], [["1) 2 + 2 = 4"]])
 
 
 def test_steps_write_their_working_and_the_checker_reads_it():

@@ -17,6 +17,7 @@ import pandas as pd
 
 from trim.policies import POLICIES
 from trim.presets import PRESETS
+from trim.testbed.oracle import KNOWING_PRMS
 
 SPLITS = ("train", "validation", "test", "shifted")
 MODEL_ROLES = ("weak", "strong", "prm")
@@ -74,6 +75,9 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dataset", default=None,
                    help="solve this benchmark's test split (e.g. math500) instead of a testbed split; real-model "
                         "presets only")
+    p.add_argument("--testbed-prm", choices=["model", *KNOWING_PRMS], default="model",
+                   help="testbed only: the trained PRM (default), the oracle, or an oracle that reports each step's "
+                        "hidden state with the real PRM's per-state noise (trim.testbed.oracle)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
@@ -194,6 +198,9 @@ def _harness(args, trace_dir: Path, split: str | None = None, before_load=None):
     from trim.engine import RunSettings
     from trim.experiment import Harness
 
+    if args.testbed_prm != "model" and args.preset != "testbed":
+        raise CommandError(f"--testbed-prm {args.testbed_prm} knows the testbed's task only; drop it, or use "
+                           "--preset testbed")
     if args.models and args.preset != "testbed":
         raise CommandError(f"--models replaces the testbed's folder; it cannot be combined with --preset {args.preset}")
     models = check_models(args.models) if args.preset == "testbed" else None
@@ -205,6 +212,8 @@ def _harness(args, trace_dir: Path, split: str | None = None, before_load=None):
     if args.preset == "testbed":
         tb = testbed.load(data_dir=models)
         weak, strong, prm = tb.weak, tb.strong, tb.prm
+        if args.testbed_prm != "model":  # it must know every problem a command scores, routers' training included
+            prm = KNOWING_PRMS[args.testbed_prm]([p for split in SPLITS for p in tb.splits[split]])
     else:
         from trim import presets
 

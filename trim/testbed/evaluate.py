@@ -13,6 +13,7 @@ from trim.engine import RunSettings, run_policy
 from trim.policies import WeakOnly
 from trim.protocols import StepRequest
 from trim.testbed import task
+from trim.testbed.task import step_states  # noqa: F401  (the book reads it here)
 
 MAX_STEPS = 30
 
@@ -48,17 +49,8 @@ class Sample:
 
     @property
     def states(self) -> list[str]:
-        """The hidden state of every step (TRIM-POMDP's): "S0" all steps so far correct, "S2" this step
-        is the first error, "S1" an earlier step was wrong."""
-        return step_states(self.step_correct)
-
-
-def step_states(step_correct: Sequence[bool]) -> list[str]:
-    states, wrong = [], False
-    for ok in step_correct:
-        states.append("S1" if wrong else ("S0" if ok else "S2"))
-        wrong = wrong or not ok
-    return states
+        """The hidden state of every step (`task.step_states`)."""
+        return task.step_states(self.step_correct)
 
 
 def next_step_samples(generator, problems: Sequence[task.ChainProblem], seed: int = 0) -> pd.DataFrame:

@@ -1,8 +1,13 @@
-"""A perfect PRM for the testbed: it knows which steps are right, because the task can be checked.
+"""PRMs for the testbed that know which steps are right, because the task can be checked.
 
-Real PRMs are noisy; the oracle is the ceiling they aim at. Routing with it (TRIM-Thr at any k in
-(0, 1)) regenerates exactly the first wrong step of every weak attempt, which tells how many strong
-tokens targeted routing needs when the targeting itself is perfect."""
+`OraclePRM` is perfect. Real PRMs are noisy; the oracle is the ceiling they aim at. Routing with it (TRIM-Thr
+at any k in (0, 1)) regenerates exactly the first wrong step of every weak attempt, which tells how many
+strong tokens targeted routing needs when the targeting itself is perfect.
+
+`RealNoisePRM` knows the hidden state of every step (S0, S1, S2) and reports it with the real PRM's noise:
+its score is drawn from Qwen2.5-Math-PRM-7B's measured per-state score distribution (DESIGN 3.1). It is
+the counterfactual for the testbed's own PRM: what routing on the testbed would look like with a PRM as
+noisy as the real one, but no noisier, and noisy at random rather than on particular kinds of step."""
 
 from __future__ import annotations
 
@@ -10,7 +15,11 @@ import itertools
 import operator
 from typing import Sequence
 
+import numpy as np
+
+from trim.hashing import join_key, stable_int
 from trim.testbed import task
+from trim.testbed.reference import REAL_PRM_STATES
 
 
 class OraclePRM:
@@ -20,13 +29,56 @@ class OraclePRM:
         self.name = name
         self._by_question = {p.question: p for p in problems}
 
+    def _problem(self, question: str) -> task.ChainProblem:
+        problem = self._by_question.get(question)
+        if problem is None:
+            raise KeyError(f"{type(self).__name__} was not given this problem: {question[:60]!r}; "
+                           f"pass every problem you route to {type(self).__name__}(problems)")
+        return problem
+
     def score(self, questions: Sequence[str], steps: Sequence[Sequence[str]]) -> list[list[float]]:
         out = []
         for question, prefix in zip(questions, steps):
-            problem = self._by_question.get(question)
-            if problem is None:
-                raise KeyError(f"the oracle PRM was not given this problem: {question[:60]!r}; "
-                               "pass every problem you route to OraclePRM(problems)")
-            on_track = itertools.accumulate(task.step_labels(problem, prefix), operator.and_)
+            on_track = itertools.accumulate(task.step_labels(self._problem(question), prefix), operator.and_)
             out.append([1.0 if ok else 0.0 for ok in on_track])
         return out
+
+
+# The real PRM's score distribution per hidden state, as five intervals of r and their masses (from
+# REAL_PRM_STATES); a score is uniform within its interval.
+REAL_NOISE_EDGES = (0.0, 0.1, 0.5, 0.9, 0.95, 1.0)
+
+
+def real_noise_masses(state: str) -> list[float]:
+    m = REAL_PRM_STATES[state]
+    cumulative = [0.0, m["P(r<0.1)"], m["P(r<0.5)"], 1 - m["P(r>=0.9)"], 1 - m["P(r>=0.95)"], 1.0]
+    return list(np.diff(cumulative))
+
+
+class RealNoisePRM(OraclePRM):
+    """Knows each step's hidden state and scores it with the real PRM's per-state distribution.
+
+    A step's score is seeded by (seed, question, the steps up to it), so reading the same step again,
+    in a longer prefix or another run, gives the same score, as a real PRM's would."""
+
+    def __init__(self, problems: Sequence[task.ChainProblem], seed: int = 0, name: str | None = None):
+        super().__init__(problems, name or f"testbed-real-noise-prm-{seed}")
+        self.seed = seed
+
+    def score(self, questions: Sequence[str], steps: Sequence[Sequence[str]]) -> list[list[float]]:
+        out = []
+        for question, prefix in zip(questions, steps):
+            states = task.step_states(task.step_labels(self._problem(question), prefix))
+            out.append([self._draw(state, join_key(self.seed, question, *prefix[: i + 1]))
+                        for i, state in enumerate(states)])
+        return out
+
+    @staticmethod
+    def _draw(state: str, key: str) -> float:
+        rng = np.random.default_rng(stable_int(key))
+        interval = rng.choice(len(REAL_NOISE_EDGES) - 1, p=real_noise_masses(state))
+        return float(rng.uniform(REAL_NOISE_EDGES[interval], REAL_NOISE_EDGES[interval + 1]))
+
+
+# PRMs that know the task, by the name the CLI's --testbed-prm takes ("model" is the trained PRM).
+KNOWING_PRMS = {"oracle": OraclePRM, "real-noise": RealNoisePRM}

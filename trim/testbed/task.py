@@ -377,3 +377,13 @@ def iter_problems(seed: int, lengths=(2, 10), weights=None) -> Iterator[ChainPro
     rng = np.random.default_rng([seed, 1000])
     while True:
         yield sample_problem(rng, lengths, weights)
+
+
+def step_states(step_correct: Sequence[bool]) -> list[str]:
+    """The hidden state of every step (TRIM-POMDP's): "S0" all steps so far correct, "S2" this step is the
+    first error, "S1" an earlier step was wrong."""
+    states, wrong = [], False
+    for ok in step_correct:
+        states.append("S1" if wrong else ("S0" if ok else "S2"))
+        wrong = wrong or not ok
+    return states
