@@ -315,6 +315,32 @@ def test_retraining_reproduces_the_shipped_tokenizer_and_training_is_seeded(tmp_
     assert early_history == whole_history[:2]
 
 
+def test_prm_token_labels_mark_a_first_error_from_where_it_leaves_the_gold_step():
+    from transformers import PreTrainedTokenizerFast
+
+    from trim.testbed.prm_training import prm_example, token_label_ends
+    from trim.testbed.tokenizer import STEP_TAG
+
+    tokenizer = PreTrainedTokenizerFast.from_pretrained(DATA_DIR / "tokenizer")
+    problem = next(p for p in task.make_split("validation", size=50) if len(p.operations) >= 3)
+    gold = problem.gold_steps()
+    slip = gold[1].rsplit("=", 1)[0] + "= 99"  # the right working, then a wrong result
+    steps = [gold[0], slip, *gold[2:]]
+    correct = task.step_labels(problem, steps)
+    assert correct[:2] == [True, False]
+    ends = token_label_ends(problem, steps, correct)
+    assert ends[0] == len(gold[0]) and ends[1] == len(slip) - 2 and all(e is None for e in ends[2:])
+    labels = [True, False, *([True] * (len(steps) - 2))]
+    ids, targets = prm_example(tokenizer, problem.question, steps, labels, ends)
+    plain_ids, plain_targets = prm_example(tokenizer, problem.question, steps, labels)
+    tag = tokenizer.convert_tokens_to_ids(STEP_TAG)
+    assert ids == plain_ids and [t for i, t in zip(ids, targets) if i == tag] == [int(x) for x in labels]
+    labelled = [(tokenizer.decode([i]), t) for i, t in zip(ids, targets) if t != -100 and i != tag]
+    text = "".join(piece for piece, _ in labelled)
+    assert text.replace(" ", "") == (gold[0] + slip).replace(" ", "")  # the first two steps' tokens, no others
+    assert [t for _, t in labelled][-2:] == [0, 0] and all(t == 1 for _, t in labelled[:-2])
+
+
 def test_prm_training_options_error_rich_data_and_identity_layers():
     """The options for the next PRM: error-rich demonstrations are labelled exactly (forgotten boxes
     included) and rich in errors; with no error-rich share the stream is the shipped recipe's; extra layers

@@ -104,13 +104,46 @@ def deepened(path: Path, extra_layers: int = 0):
     return model
 
 
-def prm_example(tokenizer, question: str, steps: list[str], labels: list[bool]) -> tuple[list[int], list[int]]:
-    """Token ids of the PRM input and a label at every step tag (-100 elsewhere)."""
+def prm_example(tokenizer, question: str, steps: list[str], labels: list[bool],
+                token_ends: list[int | None] | None = None) -> tuple[list[int], list[int]]:
+    """Token ids of the PRM input and a label at every step tag (-100 elsewhere).
+
+    With `token_ends` (`token_label_ends`), the tokens of a step are labelled too: good up to character
+    `token_ends[i]` of step i, bad from there on, and unlabelled where it is None."""
     text = prm_text(tokenizer, question, steps, STEP_TAG)
-    ids = tokenizer(text, add_special_tokens=False).input_ids
+    encoded = tokenizer(text, add_special_tokens=False, return_offsets_mapping=token_ends is not None)
+    ids = encoded.input_ids
     tag = tokenizer.convert_tokens_to_ids(STEP_TAG)
     labels_iter = iter(labels)
-    return ids, [int(next(labels_iter)) if i == tag else -100 for i in ids]
+    targets = [int(next(labels_iter)) if i == tag else -100 for i in ids]
+    if token_ends is not None:
+        cursor = text.index(question) + len(question)
+        for step, end in zip(steps, token_ends):
+            start = text.index(step, cursor)
+            cursor = start + len(step)
+            if end is None:
+                continue
+            for k, (a, b) in enumerate(encoded.offset_mapping):
+                if start <= a and b <= cursor and ids[k] != tag:
+                    targets[k] = int(b <= start + end)
+    return ids, targets
+
+
+def token_label_ends(problem, steps: list[str], correct: list[bool]) -> list[int | None]:
+    """For `prm_example`'s token labels: where each step stops being right, in characters. A step with a clean
+    prefix that is right is right to its end; the first wrong step is right up to where it leaves the gold
+    step (the canonical right step after a clean prefix); steps after it are not labelled."""
+    gold, ends, clean = problem.gold_steps(), [], True
+    for i, (step, ok) in enumerate(zip(steps, correct)):
+        if not clean or i >= len(gold):
+            ends.append(None)
+        elif ok:
+            ends.append(len(step))
+        else:
+            right = gold[i]
+            ends.append(next((j for j, (x, y) in enumerate(zip(step, right)) if x != y), min(len(step), len(right))))
+        clean = clean and ok
+    return ends
 
 
 # How steps are labelled (`--labels`): "first-error" judges each step on its own, except that the step
@@ -259,7 +292,8 @@ def train_prm(args) -> None:
                                           seed=args.seed, device="cpu")
         pools[role] = sample_solutions(generator, train_problems[offset: offset + count], seed=args.seed)
         print(f"sampled {count} {role} solutions in {time.time() - start:.0f} s", flush=True)
-    sampled = [(s.problem.question, s.steps, prm_labels(s.step_correct, args.labels))
+    sampled = [(s.problem.question, s.steps, prm_labels(s.step_correct, args.labels),
+                token_label_ends(s.problem, s.steps, s.step_correct) if args.token_labels else None)
                for pool in pools.values() for s in pool]
     weak = TransformersGenerator(DATA_DIR / "weak", sampling=SAMPLING["weak"], name="testbed-weak", seed=args.seed,
                                  device="cpu")
@@ -282,7 +316,8 @@ def train_prm(args) -> None:
         batch = [sampled[i] for i in rng.choice(len(sampled), args.batch_size // 2, replace=False)]
         for p in next(demos):
             steps, correct = prm_demonstration(p, rng, args.error_rich_share)
-            batch.append((p.question, steps, prm_labels(correct, args.labels)))
+            batch.append((p.question, steps, prm_labels(correct, args.labels),
+                          token_label_ends(p, steps, correct) if args.token_labels else None))
         with torch.autocast("cpu", dtype=torch.bfloat16):
             loss = model(**collate([prm_example(tokenizer, *b) for b in batch], tokenizer.pad_token_id)).loss
         loss.backward()
@@ -323,6 +358,7 @@ def finish_prm(args, out: Path, history: list[dict], measured: dict) -> None:
         "role": "prm", "initialised_from": args.init, "extra_layers": args.extra_layers,
         "parameters": sum(p.numel() for p in model.parameters()),
         "labels": LABEL_STYLES[args.labels],
+        "token_labels": bool(args.token_labels),
         "steps_planned": args.steps, "steps_run": history[-1]["step"], "selected_step": chosen["step"],
         "selection": SELECTIONS[args.select].format(auroc=args.target_auroc),
         "error_rich_share": args.error_rich_share,

@@ -167,6 +167,9 @@ def main(argv=None) -> None:
                        help="share of demonstrations by the error-rich teacher (default 0)")
     p_prm.add_argument("--labels", choices=sorted(LABEL_STYLES), default="first-error",
                        help="how steps after the first error are labelled (default first-error; see LABEL_STYLES)")
+    p_prm.add_argument("--token-labels", action="store_true",
+                       help="also label the tokens of steps with a clean prefix: good up to where a first error leaves "
+                            "the gold step, bad from there (default: only the step tags)")
     p_prm.add_argument("--stop-after", type=int, default=None,
                        help="stop after this many steps of the --steps schedule (default: all of them)")
     p_prm.add_argument("--validation-samples", type=int, default=500,
