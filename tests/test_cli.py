@@ -41,6 +41,19 @@ def test_run_writes_resumable_traces_and_metrics_reads_them(capsys, runs):
     assert code == 0 and "TRIM-Thr(k=0.6)" in out and "CPT(95%)" in out
 
 
+def test_testbed_prm_swaps_in_a_prm_that_knows_the_task(capsys, tmp_path):
+    for prm, name in (("real-noise", "testbed-real-noise-prm-0"), ("oracle", "testbed-oracle-prm")):
+        code, out, _ = run_cli(capsys, "run", "--policy", "thr", "--k", "0.5", *FEW, "--testbed-prm", prm,
+                               "--out", tmp_path / prm)
+        records = [json.loads(line) for line in open(json.loads(out)["traces"])]
+        assert code == 0 and len(records) == N_FEW and {r["settings"]["prm"] for r in records} == {name}
+        scores = [s["score"] for r in records for s in r["steps"] if s["score"] is not None]
+        if prm == "oracle":
+            assert set(scores) <= {0.0, 1.0}
+        else:
+            assert all(0.0 <= x <= 1.0 for x in scores) and len(set(scores)) == len(scores)
+
+
 def test_sweep_and_calibrate(capsys, tmp_path):
     code, out, _ = run_cli(capsys, "sweep", *FEW, "--points", "3", "--random-matched", "1", "--out", tmp_path)
     assert code == 0 and (tmp_path / "sweep.png").stat().st_size > 0
