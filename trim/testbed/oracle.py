@@ -19,7 +19,7 @@ import numpy as np
 
 from trim.hashing import join_key, stable_int
 from trim.testbed import task
-from trim.testbed.reference import REAL_PRM_STATES
+from trim.testbed.reference import REAL_PRM_BINS, REAL_PRM_STATES, real_prm_bin_masses
 
 
 class OraclePRM:
@@ -44,15 +44,11 @@ class OraclePRM:
         return out
 
 
-# The real PRM's score distribution per hidden state, as five intervals of r and their masses (from
-# REAL_PRM_STATES); a score is uniform within its interval.
-REAL_NOISE_EDGES = (0.0, 0.1, 0.5, 0.9, 0.95, 1.0)
-
-
-def real_noise_masses(state: str) -> list[float]:
-    m = REAL_PRM_STATES[state]
-    cumulative = [0.0, m["P(r<0.1)"], m["P(r<0.5)"], 1 - m["P(r>=0.9)"], 1 - m["P(r>=0.95)"], 1.0]
-    return list(np.diff(cumulative))
+# The real PRM's score distribution per hidden state: the four bins of REAL_PRM_BINS with the top one cut
+# at 0.95 (the marginals give P(r>=0.95) too); a score is uniform within its interval.
+REAL_NOISE_EDGES = (*REAL_PRM_BINS[:-1], 0.95, 1.0)
+REAL_NOISE_MASSES = {state: [*real_prm_bin_masses(state)[:-1], m["P(r>=0.9)"] - m["P(r>=0.95)"], m["P(r>=0.95)"]]
+                     for state, m in REAL_PRM_STATES.items()}
 
 
 class RealNoisePRM(OraclePRM):
@@ -76,7 +72,7 @@ class RealNoisePRM(OraclePRM):
     @staticmethod
     def _draw(state: str, key: str) -> float:
         rng = np.random.default_rng(stable_int(key))
-        interval = rng.choice(len(REAL_NOISE_EDGES) - 1, p=real_noise_masses(state))
+        interval = rng.choice(len(REAL_NOISE_EDGES) - 1, p=REAL_NOISE_MASSES[state])
         return float(rng.uniform(REAL_NOISE_EDGES[interval], REAL_NOISE_EDGES[interval + 1]))
 
 

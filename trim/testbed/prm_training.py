@@ -337,22 +337,12 @@ def train_prm(args) -> None:
                             "minutes": round((time.time() - start) / 60, 1),
                             **checkpoint_calibrations(scores, states)})
             print(json.dumps(history[-1]), flush=True)
-    finish_prm(args, out, history, {
-        "sampled_solutions": {role: len(pool) for role, pool in pools.items()},
-        "held_out_validation_solutions": len(held_out), "sampling_wall_time_s": round(sampling_time, 1),
-        "wall_time_s": round(time.time() - start, 1)})
-
-
-def finish_prm(args, out: Path, history: list[dict], measured: dict) -> None:
-    """Keep the checkpoint `--select` picks from `history`, with its calibration folded in, in `out`, and write
-    its `training.json` (`measured`: the sample counts and wall times of the run)."""
     # Real PRMs are good but imperfect: keep the checkpoint that, calibrated, is nearest the real PRM by
     # --select (its AUROC, its per-state histograms, or its ranged per-state rates), so the book's PRM is as
     # noisy as the real one is, with the calibration fitted to it folded in.
     chosen, calibration = select_checkpoint(history, args.select, args.target_auroc)
     model = LlamaForTokenClassification.from_pretrained(out / "checkpoints" / f"step-{chosen['step']}")
     fold_calibration(model, calibration["temperature"], calibration["shift"])
-    tokenizer = PreTrainedTokenizerFast.from_pretrained(args.tokenizer)
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)
     shutil.rmtree(out / "checkpoints")
@@ -368,15 +358,13 @@ def finish_prm(args, out: Path, history: list[dict], measured: dict) -> None:
         **({"error_rich_teacher": ERROR_RICH_TEACHER.record(), "forget_box_rate": FORGET_BOX_RATE}
            if args.error_rich_share else {}),
         "calibration": {**calibration,
-                        "fitted_on": f"{measured['held_out_validation_solutions']} weak solutions of the validation "
-                                     "split",
+                        "fitted_on": f"{len(held_out)} weak solutions of the validation split",
                         "target": ("the real PRM's ranged per-state rates (trim.testbed.reference.REAL)"
                                    if args.select == "rates" else
                                    "the real PRM's per-state score histogram (trim.testbed.reference)")},
-        "batch_size": args.batch_size, "sampled_solutions": measured["sampled_solutions"],
-        "held_out_validation_solutions": measured["held_out_validation_solutions"],
-        "sampling_wall_time_s": measured["sampling_wall_time_s"],
+        "batch_size": args.batch_size, "sampled_solutions": {role: len(pool) for role, pool in pools.items()},
+        "held_out_validation_solutions": len(held_out), "sampling_wall_time_s": round(sampling_time, 1),
         "sampling": {role: params.__dict__ for role, params in SAMPLING.items()},
         "fresh_demonstrations_per_step": args.batch_size - args.batch_size // 2,
-        "wall_time_s": measured["wall_time_s"], "threads": args.threads, "history": history,
+        "wall_time_s": round(time.time() - start, 1), "threads": args.threads, "history": history,
     })
