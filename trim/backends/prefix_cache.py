@@ -17,7 +17,8 @@ from transformers.cache_utils import DynamicLayer
 
 
 class PrefixCache:
-    """(key -> token ids and per-layer K/V), least recently used first out, bounded in bytes."""
+    """(key -> token ids and their K/V as one [layers, 2, heads, tokens, head_dim] tensor), least recently used
+    first out, bounded in bytes."""
 
     def __init__(self, max_bytes: int = 1 << 30):
         self.max_bytes, self.bytes = max_bytes, 0
@@ -33,11 +34,11 @@ class PrefixCache:
                 return entry
         return None
 
-    def put(self, key: Hashable, ids: list[int], kv: list[tuple[torch.Tensor, torch.Tensor]], **extra) -> dict:
+    def put(self, key: Hashable, ids: list[int], kv: torch.Tensor, **extra) -> dict:
         """Store the entry (the newest, so eviction spares it) and return it."""
         if key in self.entries:
             self.bytes -= self.entries.pop(key)["bytes"]
-        size = sum(k.numel() * k.element_size() * 2 for k, _ in kv)
+        size = kv.numel() * kv.element_size()
         entry = self.entries[key] = {"ids": ids, "kv": kv, "bytes": size, **extra}
         self.bytes += size
         while self.bytes > self.max_bytes and len(self.entries) > 1:
@@ -115,6 +116,15 @@ class RoomyLayer(DynamicLayer):
             self.buffers = tuple(b[indices] for b in self.buffers)
             self._views()
 
+    @classmethod
+    def holding(cls, keys: torch.Tensor, values: torch.Tensor, length: int, room: int) -> "RoomyLayer":
+        """A layer over existing `keys` and `values` buffers, filled up to `length`."""
+        layer = cls(room)
+        layer.buffers, layer.length = (keys, values), length
+        layer.dtype, layer.device, layer.is_initialized = keys.dtype, keys.device, True
+        layer._views()
+        return layer
+
 
 def length_groups(lengths: Sequence[int], max_rows: int, fixed_cost: int = 256) -> list[list[int]]:
     """Indices of `lengths` cut into batches of at most `max_rows` rows of similar length.
@@ -149,12 +159,13 @@ class PastBatch:
     """A batch whose rows continue from cached prefixes of different lengths.
 
     Layout per row: [left pad | cached prefix (L_i) | left pad | new tokens (n_i)], widths P and N, so
-    every row's last token sits in the last column (ready for decoding)."""
+    every row's last token sits in the last column (ready for decoding). A cached prefix is one tensor
+    [layers, 2 (keys, values), heads, L_i, head_dim], so a row is placed, and later stored, with one copy."""
 
-    def __init__(self, found: Sequence[dict | None], news: Sequence[list[int]], pad_id: int, device,
-                 decode: int = 0, layers: int = 0):
-        """`decode` > 0 (with the model's number of `layers`): the tokens to be decoded after these, for which
-        the cache keeps room (`RoomyLayer`)."""
+    def __init__(self, found: Sequence[dict | None], news: Sequence[list[int]], pad_id: int, device, layers: int,
+                 decode: int = 0):
+        """The cache keeps room for the new tokens and `decode` more (`RoomyLayer`), so the forward pass and
+        decoding write into it instead of copying it."""
         self.lengths = [0 if f is None else len(f["ids"]) for f in found]
         self.news = [len(n) for n in news]
         self.past, self.width = max(self.lengths), max(self.news)
@@ -167,28 +178,25 @@ class PastBatch:
             self.mask[row, self.past + self.width - len(new):] = 1
             self.input_ids[row, self.width - len(new):] = torch.tensor(new, device=device)
             self.positions[row, self.width - len(new):] = length + torch.arange(len(new), device=device)
-        self.cache = roomy_cache(layers, self.width + decode) if decode else DynamicCache()
+        room = self.width + decode
+        self.cache = roomy_cache(layers, room)
         if self.past:
             template = next(f for f in found if f is not None)["kv"]
-            for layer, (k0, v0) in enumerate(template):
-                keys = k0.new_zeros((batch, k0.shape[0], self.past, k0.shape[-1]))
-                values = v0.new_zeros((batch, v0.shape[0], self.past, v0.shape[-1]))
-                for row, f in enumerate(found):
-                    if f is not None:
-                        k, v = f["kv"][layer]
-                        keys[row, :, self.past - k.shape[1]:] = k
-                        values[row, :, self.past - v.shape[1]:] = v
-                self.cache.update(keys, values, layer)
+            shape = (template.shape[0], 2, batch, template.shape[2], self.past + room, template.shape[4])
+            store = template.new_zeros(shape)
+            for row, f in enumerate(found):
+                if f is not None:
+                    store[:, :, row, :, self.past - f["kv"].shape[3]: self.past] = f["kv"]
+            self.cache.layers = [RoomyLayer.holding(store[layer, 0], store[layer, 1], self.past, room)
+                                 for layer in range(shape[0])]
 
     def attention(self, prebuilt: bool = True) -> torch.Tensor | None:
         return attention_mask(self.mask, self.width, prebuilt)
 
-    def row_kv(self, row: int, keep_new: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        """Row `row`'s cached prefix plus its first `keep_new` new tokens, as contiguous copies."""
-        start = self.past + self.width - self.news[row]
-        out = []
-        for k, v in self.cache.to_legacy_cache():
-            out.append(tuple(torch.cat([t[row, :, self.past - self.lengths[row]: self.past],
-                                        t[row, :, start: start + keep_new]], dim=1).clone()
-                             for t in (k, v)))
-        return out
+    def rows_kv(self, rows: Sequence[int]) -> list[torch.Tensor]:
+        """Each of `rows`' cached prefix plus all its new tokens, as contiguous [layers, 2, heads, L, head_dim]
+        copies (the format `PrefixCache` keeps), after the forward pass has read the new tokens."""
+        everything = torch.stack([torch.stack(layer._views()) for layer in self.cache.layers])
+        end = self.past + self.width
+        return [torch.cat([everything[:, :, row, :, self.past - self.lengths[row]: self.past],
+                           everything[:, :, row, :, end - self.news[row]: end]], dim=3) for row in rows]

@@ -191,12 +191,12 @@ class TransformersGenerator:
         for group in length_groups([len(unread[row]) for row in todo], self.batch_size):
             rows = [todo[k] for k in group]
             batch = PastBatch([found[row] for row in rows], [unread[row] for row in rows],
-                              self.tokenizer.pad_token_id, self.device)
+                              self.tokenizer.pad_token_id, self.device, self.model.config.num_hidden_layers)
             self.model(input_ids=batch.input_ids, attention_mask=batch.attention(self.prebuilt_masks),
                        position_ids=batch.positions, past_key_values=batch.cache, use_cache=True)
-            for k, row in enumerate(rows):
+            for row, kv in zip(rows, batch.rows_kv(range(len(rows)))):
                 r = requests[row]
-                found[row] = self.prefixes.put((r.question, r.steps), encoded[row][:-1], batch.row_kv(k, batch.news[k]))
+                found[row] = self.prefixes.put((r.question, r.steps), encoded[row][:-1], kv)
         return found
 
     @torch.inference_mode()
@@ -211,51 +211,47 @@ class TransformersGenerator:
         if self.reuse_prefix:
             found = self._prefill(requests, encoded, found)
         batch = PastBatch(found, [after_prefix(f, ids) for f, ids in zip(found, encoded)],
-                          self.tokenizer.pad_token_id, self.device, decode=self.sampling.max_step_tokens,
-                          layers=self.model.config.num_hidden_layers)
+                          self.tokenizer.pad_token_id, self.device, self.model.config.num_hidden_layers,
+                          decode=self.sampling.max_step_tokens)
         out = self.model(input_ids=batch.input_ids, attention_mask=batch.attention(self.prebuilt_masks),
                          position_ids=batch.positions, past_key_values=batch.cache, use_cache=True)
         mask, positions, cache, logits = batch.mask, batch.positions[:, -1:], out.past_key_values, out.logits[:, -1]
-        n, pad = len(requests), self.tokenizer.pad_token_id
-        generated = torch.full((n, self.sampling.max_step_tokens), pad, device=self.device)
-        lengths = torch.zeros(n, dtype=torch.long, device=self.device)
-        done = torch.zeros(n, dtype=torch.bool, device=self.device)
-        ended_by_eos = torch.zeros(n, dtype=torch.bool, device=self.device)
-        live, live_rngs = torch.arange(n, device=self.device), rngs  # the batch's rows, as rows of the request
-        for t in range(self.sampling.max_step_tokens):
-            stopped = done[live]
-            token = torch.where(stopped, pad, sample_rows(logits, self.sampling, live_rngs).to(self.device))
-            generated[live, t] = token
-            lengths[live] += (~stopped).long()
-            ended_by_eos[live] |= ~stopped & (token == self.tokenizer.eos_token_id)
-            done[live] |= torch.isin(token, self.stop_ids)
-            if bool(done.all()):
+        pad, eos, limit = self.tokenizer.pad_token_id, self.tokenizer.eos_token_id, self.sampling.max_step_tokens
+        # Per-row bookkeeping lives in Python lists: a tick's few hundred list operations cost less than the
+        # dozen small indexed tensor ops they replace, which dominate a tiny model's decoding on a CPU.
+        tokens: list[list[int]] = [[] for _ in requests]
+        ended = [False] * len(requests)   # stopped at a token holding the delimiter, or at EOS
+        live = list(range(len(requests)))  # the batch's rows, as indices of `requests`
+        stopped = [False] * len(live)      # per batch row
+        for _ in range(limit):
+            sampled = sample_rows(logits, self.sampling, [rngs[row] for row in live]).to(self.device)
+            token = torch.where(torch.tensor(stopped, device=self.device), pad, sampled)
+            for k, (row, t, end) in enumerate(zip(live, token.tolist(), torch.isin(token, self.stop_ids).tolist())):
+                if not stopped[k]:
+                    tokens[row].append(t)
+                    ended[row] = stopped[k] = end
+            if all(stopped):
                 break
-            going = ~done[live]
             # Steps differ in length (a doubling is a few tokens, a cube about 45), so most rows stop long
             # before the last one; a stopped row would still cost its share of every forward pass. Drop the
             # stopped rows from the batch and its KV cache once a quarter of the batch has stopped (copying
             # the cache at every stop would cost as much as it saves). A row's tokens depend only on its own
             # random stream, so which rows share its batch changes nothing.
-            if 4 * int(going.sum()) <= 3 * len(live):
-                keep = going.nonzero().squeeze(-1)
-                cache.batch_select_indices(keep)
-                live, token, mask, positions, going = live[keep], token[keep], mask[keep], positions[keep], going[keep]
-                live_rngs = [rngs[row] for row in live.tolist()]
+            if 4 * stopped.count(False) <= 3 * len(live):
+                keep = [k for k, done in enumerate(stopped) if not done]
+                index = torch.tensor(keep, device=self.device)
+                cache.batch_select_indices(index)
+                token, mask, positions = token[index], mask[index], positions[index]
+                live, stopped = [live[k] for k in keep], [False] * len(keep)
+            going = torch.tensor([not done for done in stopped], device=self.device)
             mask = torch.cat([mask, going.long().unsqueeze(-1)], dim=-1)
             positions = positions + 1
             out = self.model(input_ids=token.unsqueeze(-1), attention_mask=attention_mask(mask, 1, self.prebuilt_masks),
                              position_ids=positions, past_key_values=cache, use_cache=True)
             cache, logits = out.past_key_values, out.logits[:, -1]
-        proposals = []
-        for row in range(n):
-            ids = generated[row, : lengths[row]].tolist()
-            text = self.tokenizer.decode(ids, skip_special_tokens=True)
-            truncated = not bool(done[row])
-            text = text.split(STEP_DELIMITER)[0].strip()
-            proposals.append(StepProposal(text=text, tokens=len(ids), finished=bool(ended_by_eos[row]),
-                                          truncated=truncated))
-        return proposals
+        return [StepProposal(text=self.tokenizer.decode(ids, skip_special_tokens=True).split(STEP_DELIMITER)[0].strip(),
+                             tokens=len(ids), finished=end and ids[-1] == eos, truncated=not end)
+                for ids, end in zip(tokens, ended)]
 
 
 def _place(result: list, rows: list[int], values: list) -> list:
@@ -399,14 +395,14 @@ class StepTagPRM:
     @torch.inference_mode()
     def _score_past(self, questions, steps, encoded, found) -> list[list[float]]:
         batch = PastBatch(found, [after_prefix(f, ids) for f, ids in zip(found, encoded)],
-                          self.tokenizer.pad_token_id, self.device)
+                          self.tokenizer.pad_token_id, self.device, self.model.config.num_hidden_layers)
         logits = self.model(input_ids=batch.input_ids, attention_mask=batch.attention(self.prebuilt_masks),
                             position_ids=batch.positions, past_key_values=batch.cache, use_cache=True).logits
         result = []
-        for row, (q, s, ids) in enumerate(zip(questions, steps, encoded)):
+        for row, (q, s, ids, kv) in enumerate(zip(questions, steps, encoded, batch.rows_kv(range(len(encoded))))):
             new = slice(batch.width - batch.news[row], batch.width)
             earlier = found[row]["scores"] if found[row] else []
             scores = earlier + self._tag_scores(logits[row, new], batch.input_ids[row, new])
-            self.prefixes.put((q, tuple(s)), ids, batch.row_kv(row, batch.news[row]), scores=scores)
+            self.prefixes.put((q, tuple(s)), ids, kv, scores=scores)
             result.append(scores)
         return result
