@@ -1,7 +1,8 @@
 """Routing overhead: a TRIM-Thr run's wall time over plain batched decoding of the same token counts.
 
 Plain decoding = `model.generate` on the same problems, batched, producing as many weak and strong
-tokens as the TRIM run decoded, with no step boundaries, PRM or policy. Target: at most 1.3.
+tokens as the TRIM run decoded, with no step boundaries, PRM or policy. Target: at most 1.3. The TRIM
+run's time is also split by role (weak proposals with their prefill, PRM scoring, strong rewrites).
 
     python benchmarks/routing_overhead.py [--problems 128] [--k 0.5]
 """
@@ -29,9 +30,26 @@ def plain_decode(generator, problems, tokens_total: int) -> float:
     return t.seconds
 
 
+def timed(obj, method: str, spent: dict, role: str) -> None:
+    """Count the seconds `obj.method` takes into spent[role] (on this instance only)."""
+    call = getattr(obj, method)
+
+    def wrapper(*args, **kwargs):
+        with Timer() as t:
+            result = call(*args, **kwargs)
+        spent[role] += t.seconds
+        return result
+
+    setattr(obj, method, wrapper)
+
+
 def main():
     args = parse_args(__doc__, 128)
     tb, problems = load(args.problems)
+    spent = dict.fromkeys(("weak", "PRM", "strong"), 0.0)
+    for model, method, role in ((tb.weak, "propose", "weak"), (tb.prm, "score", "PRM"),
+                                (tb.strong, "propose", "strong")):
+        timed(model, method, spent, role)
     with Timer() as trim_time:
         records = run_policy(problems, Threshold(args.k), tb.weak, tb.strong, tb.prm)
     weak_tokens = sum(r["weak_tokens"] for r in records)
@@ -41,6 +59,9 @@ def main():
     ratio = trim_time.seconds / (weak_s + strong_s)
     print(f"TRIM-Thr(k={args.k}) on {len(problems)} problems: {trim_time.seconds:.1f} s "
           f"for {weak_tokens} weak + {strong_tokens} strong tokens")
+    rest = trim_time.seconds - sum(spent.values())
+    print("  of which " + ", ".join(f"{role} {seconds:.1f} s" for role, seconds in spent.items())
+          + f", policy, grading and bookkeeping {rest:.1f} s")
     print(f"plain batched decoding of the same counts: weak {weak_s:.1f} s + strong {strong_s:.1f} s")
     print(f"routing overhead ratio: {ratio:.2f} (target <= 1.3)")
 

@@ -37,7 +37,8 @@ def free_port() -> int:
 def start_server(model: Path, port: int, log: Path) -> subprocess.Popen:
     env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1"}
     command = [str(Path(sys.executable).parent / "vllm"), "serve", str(model), "--host", "127.0.0.1",
-               "--port", str(port), "--dtype", "float32", "--enforce-eager", "--max-model-len",
+               "--port", str(port), "--dtype", "float32", "--enforce-eager", "--no-enable-chunked-prefill",
+               "--max-model-len",
                str(json.loads((model / "config.json").read_text())["max_position_embeddings"])]
     return subprocess.Popen(command, stdout=log.open("w"), stderr=subprocess.STDOUT, env=env)
 
