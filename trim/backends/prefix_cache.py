@@ -193,10 +193,11 @@ class PastBatch:
     def attention(self, prebuilt: bool = True) -> torch.Tensor | None:
         return attention_mask(self.mask, self.width, prebuilt)
 
-    def rows_kv(self, rows: Sequence[int]) -> list[torch.Tensor]:
-        """Each of `rows`' cached prefix plus all its new tokens, as contiguous [layers, 2, heads, L, head_dim]
-        copies (the format `PrefixCache` keeps), after the forward pass has read the new tokens."""
+    def rows_kv(self) -> list[torch.Tensor]:
+        """Each row's cached prefix plus its new tokens, as a contiguous [layers, 2, heads, L, head_dim] copy
+        (the format `PrefixCache` keeps), once the forward pass has read the new tokens."""
         everything = torch.stack([torch.stack(layer._views()) for layer in self.cache.layers])
         end = self.past + self.width
-        return [torch.cat([everything[:, :, row, :, self.past - self.lengths[row]: self.past],
-                           everything[:, :, row, :, end - self.news[row]: end]], dim=3) for row in rows]
+        return [torch.cat([everything[:, :, row, :, self.past - length: self.past],
+                           everything[:, :, row, :, end - new: end]], dim=3)
+                for row, (length, new) in enumerate(zip(self.lengths, self.news))]

@@ -194,7 +194,7 @@ class TransformersGenerator:
                               self.tokenizer.pad_token_id, self.device, self.model.config.num_hidden_layers)
             self.model(input_ids=batch.input_ids, attention_mask=batch.attention(self.prebuilt_masks),
                        position_ids=batch.positions, past_key_values=batch.cache, use_cache=True)
-            for row, kv in zip(rows, batch.rows_kv(range(len(rows)))):
+            for row, kv in zip(rows, batch.rows_kv()):
                 r = requests[row]
                 found[row] = self.prefixes.put((r.question, r.steps), encoded[row][:-1], kv)
         return found
@@ -399,7 +399,7 @@ class StepTagPRM:
         logits = self.model(input_ids=batch.input_ids, attention_mask=batch.attention(self.prebuilt_masks),
                             position_ids=batch.positions, past_key_values=batch.cache, use_cache=True).logits
         result = []
-        for row, (q, s, ids, kv) in enumerate(zip(questions, steps, encoded, batch.rows_kv(range(len(encoded))))):
+        for row, (q, s, ids, kv) in enumerate(zip(questions, steps, encoded, batch.rows_kv())):
             new = slice(batch.width - batch.news[row], batch.width)
             earlier = found[row]["scores"] if found[row] else []
             scores = earlier + self._tag_scores(logits[row, new], batch.input_ids[row, new])
