@@ -39,3 +39,16 @@ class Timer:
 
     def __exit__(self, *exc):
         self.seconds = time.perf_counter() - self.start
+
+
+def timed(obj, method: str, spent: dict, role: str) -> None:
+    """Count the seconds `obj.method` takes into spent[role] (on this instance only)."""
+    call = getattr(obj, method)
+
+    def wrapper(*args, **kwargs):
+        with Timer() as t:
+            result = call(*args, **kwargs)
+        spent[role] += t.seconds
+        return result
+
+    setattr(obj, method, wrapper)

@@ -10,7 +10,7 @@ run's time is also split by role (weak proposals with their prefill, PRM scoring
 import math
 
 import torch
-from _common import Timer, load, parse_args
+from _common import Timer, load, parse_args, timed
 
 from trim.engine import run_policy
 from trim.policies import Threshold
@@ -28,19 +28,6 @@ def plain_decode(generator, problems, tokens_total: int) -> float:
         generator.model.generate(**enc, do_sample=True, max_new_tokens=per_row, min_new_tokens=per_row,
                                  pad_token_id=tok.pad_token_id)
     return t.seconds
-
-
-def timed(obj, method: str, spent: dict, role: str) -> None:
-    """Count the seconds `obj.method` takes into spent[role] (on this instance only)."""
-    call = getattr(obj, method)
-
-    def wrapper(*args, **kwargs):
-        with Timer() as t:
-            result = call(*args, **kwargs)
-        spent[role] += t.seconds
-        return result
-
-    setattr(obj, method, wrapper)
 
 
 def main():

@@ -37,8 +37,18 @@ def check_vllm():
     if not version.startswith(SUPPORTED_VLLM):
         raise ImportError(f"vLLM {version} is installed, but trim.backends.vllm supports "
                           f"{', '.join(v + '.x' for v in SUPPORTED_VLLM)}; {INSTALL_HINT}")
-    # The CPU build sizes its KV cache from this variable (GiB); a small default keeps tests light.
-    os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+    from vllm.platforms import current_platform
+
+    if current_platform.is_cpu():
+        # The CPU build sizes its KV cache from this variable (GiB); a small default keeps tests light.
+        os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+        # Engines in this process, not two processes each: an engine's core and worker processes poll their
+        # shared-memory queues without sleeping for a second after every message, so with three engines
+        # (weak, strong, PRM) on a few cores the idle ones take the cores from the one at work. Measured
+        # with benchmarks/vllm_overhead.py (64 problems, 2 cores): a TRIM-Thr run took 9.0 s in
+        # subprocesses and 5.6 s in process, plain generation 2.6 s either way. Set the variable to 1 to
+        # keep vLLM's default.
+        os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
     return vllm
 
 
