@@ -313,6 +313,18 @@ def test_retraining_reproduces_the_shipped_tokenizer_and_training_is_seeded(tmp_
     (whole, whole_history), (early, early_history) = runs["whole"], runs["early"]
     assert (whole["steps_run"], early["steps_run"], early["steps_planned"]) == (4, 2, 4)
     assert early_history == whole_history[:2]
+    # ... and keeps its checkpoints, so that --resume continues it to exactly the whole run's weights.
+    assert not (tmp_path / "whole" / "checkpoints").exists() and (tmp_path / "early" / "checkpoints").is_dir()
+    early_args = ["prm", *small_prm, "--steps", "4", "--eval-every", "1", "--batch-size", "8",
+                  "--out", str(tmp_path / "early")]
+    with pytest.raises(SystemExit, match="other options"):
+        main([*early_args, "--resume", "--lr", "1e-3"])
+    main([*early_args, "--resume"])
+    resumed = json.loads((tmp_path / "early" / "training.json").read_text())
+    assert resumed["steps_run"] == 4 and resumed["resumed_by"][0].endswith("--resume")
+    assert [{k: v for k, v in h.items() if k != "minutes"} for h in resumed["history"]] == whole_history
+    whole_weights, resumed_weights = (load_file(tmp_path / name / "model.safetensors") for name in ("whole", "early"))
+    assert all(torch.equal(whole_weights[k], resumed_weights[k]) for k in whole_weights)
 
 
 def test_prm_token_labels_mark_a_first_error_from_where_it_leaves_the_gold_step():

@@ -172,6 +172,8 @@ def main(argv=None) -> None:
                             "the gold step, bad from there (default: only the step tags)")
     p_prm.add_argument("--stop-after", type=int, default=None,
                        help="stop after this many steps of the --steps schedule (default: all of them)")
+    p_prm.add_argument("--resume", action="store_true",
+                       help="continue the run in --out from its last checkpoint (after --stop-after or a crash)")
     p_prm.add_argument("--validation-samples", type=int, default=500,
                        help="weak solutions of validation problems for selection and calibration")
     p_prm.add_argument("--weak-samples", type=int, default=2000, help="weak solutions sampled for PRM data")
