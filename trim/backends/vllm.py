@@ -47,7 +47,8 @@ def check_vllm():
         # (weak, strong, PRM) on a few cores the idle ones take the cores from the one at work. Measured
         # with benchmarks/vllm_overhead.py (64 problems, 2 cores): a TRIM-Thr run took 9.0 s in
         # subprocesses and 5.6 s in process, plain generation 2.6 s either way. Set the variable to 1 to
-        # keep vLLM's default.
+        # keep vLLM's default. Leave OMP_NUM_THREADS unset (vLLM then computes on one thread) on a machine
+        # busy with other work: there, two threads spinning against it took 64 s for the same run, one 10 s.
         os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
     return vllm
 
