@@ -52,3 +52,17 @@ def timed(obj, method: str, spent: dict, role: str) -> None:
         return result
 
     setattr(obj, method, wrapper)
+
+
+def timed_roles(weak, strong, prm) -> dict:
+    """From now on, the seconds each model's calls take, by role: {"weak": s, "PRM": s, "strong": s}."""
+    spent = dict.fromkeys(("weak", "PRM", "strong"), 0.0)
+    for model, method, role in ((weak, "propose", "weak"), (prm, "score", "PRM"), (strong, "propose", "strong")):
+        timed(model, method, spent, role)
+    return spent
+
+
+def split_line(spent: dict, total: float, rest: str = "the rest") -> str:
+    """`total` seconds split by role, what no role took named `rest`."""
+    return ("  of which " + ", ".join(f"{role} {seconds:.1f} s" for role, seconds in spent.items())
+            + f", {rest} {total - sum(spent.values()):.1f} s")

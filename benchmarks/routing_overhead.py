@@ -16,7 +16,7 @@ perfect schedule would meet it.
 import math
 
 import torch
-from _common import Timer, load, parse_args, timed
+from _common import Timer, load, parse_args, split_line, timed_roles
 
 from trim.engine import run_policy
 from trim.policies import Threshold
@@ -63,10 +63,7 @@ def prm_call_cost(prm, problems) -> float:
 def main():
     args = parse_args(__doc__, 128)
     tb, problems = load(args.problems)
-    spent = dict.fromkeys(("weak", "PRM", "strong"), 0.0)
-    for model, method, role in ((tb.weak, "propose", "weak"), (tb.prm, "score", "PRM"),
-                                (tb.strong, "propose", "strong")):
-        timed(model, method, spent, role)
+    spent = timed_roles(tb.weak, tb.strong, tb.prm)
     with Timer() as trim_time:
         records = run_policy(problems, Threshold(args.k), tb.weak, tb.strong, tb.prm)
     weak_tokens = sum(r["weak_tokens"] for r in records)
@@ -76,9 +73,7 @@ def main():
     ratio = trim_time.seconds / (weak_s + strong_s)
     print(f"TRIM-Thr(k={args.k}) on {len(problems)} problems: {trim_time.seconds:.1f} s "
           f"for {weak_tokens} weak + {strong_tokens} strong tokens")
-    rest = trim_time.seconds - sum(spent.values())
-    print("  of which " + ", ".join(f"{role} {seconds:.1f} s" for role, seconds in spent.items())
-          + f", policy, grading and bookkeeping {rest:.1f} s")
+    print(split_line(spent, trim_time.seconds, "policy, grading and bookkeeping"))
     print(f"plain batched decoding of the same counts: weak {weak_s:.1f} s + strong {strong_s:.1f} s")
     print(f"routing overhead ratio: {ratio:.2f} (target <= 1.3)")
 

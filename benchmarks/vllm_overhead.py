@@ -13,7 +13,7 @@ from __future__ import annotations
 import argparse
 import time
 
-from _common import timed
+from _common import split_line, timed_roles
 
 
 def main() -> None:
@@ -44,9 +44,7 @@ def main() -> None:
     # Warm both engines once so that neither measured run pays first-call costs.
     run_policy(testbed.Splits()["validation"][:4], Threshold(args.k), weak, strong, prm, progress=False)
 
-    spent = dict.fromkeys(("weak", "PRM", "strong"), 0.0)
-    for model, method, role in ((weak, "propose", "weak"), (prm, "score", "PRM"), (strong, "propose", "strong")):
-        timed(model, method, spent, role)
+    spent = timed_roles(weak, strong, prm)
     start = time.perf_counter()
     records = run_policy(problems, Threshold(args.k), weak, strong, prm, progress=False)
     routed = time.perf_counter() - start
@@ -69,8 +67,7 @@ def main() -> None:
     baseline = plain(weak, weak_tokens) + plain(strong, strong_tokens)
     print(f"{len(problems)} problems, TRIM-Thr(k={args.k}): {routed:.1f} s for {sum(weak_tokens)} weak + "
           f"{sum(strong_tokens)} strong tokens (PRM calls included)")
-    print("  of which " + ", ".join(f"{role} {seconds:.1f} s" for role, seconds in spent.items())
-          + f", the rest {routed - sum(spent.values()):.1f} s")
+    print(split_line(spent, routed))
     print(f"plain LLM.generate of the same tokens (whole solutions, one call per model): {baseline:.1f} s")
     print(f"routing overhead: {routed / baseline:.2f}x (goal <= 1.5x)")
 

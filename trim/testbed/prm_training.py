@@ -55,15 +55,16 @@ hold only about 300 of them in short steps. With 8,000 (`--weak-samples 8000`, e
 extra layers, 1e-3) the held-out share came to 0.192, 0.150 and 0.146 at steps 200, 400 and 600 (0.131
 on its own training solutions: no longer memorising, still short of the real PRM's 0.06 at that cut).
 Length is the lever left: runs of 2,000 steps or more, about 1.6 s a step on two threads here, longer than
-a session beside the rest, hence `--resume`. `--stop-after` ends a schedule
-early, reproducibly, and keeps its checkpoints; `--resume` continues it, or a run that crashed, from its
-last checkpoint, exactly as if it had not stopped (same options, same thread count).
+a session beside the rest, hence `--resume`. `--stop-after` ends a schedule early, reproducibly, and keeps
+its checkpoints; `--resume` continues it, or a run that crashed, from its last checkpoint, exactly as if it
+had not stopped (same options, same thread count).
 """
 
 from __future__ import annotations
 
 import json
 import math
+import pickle
 import shutil
 import time
 from pathlib import Path
@@ -332,8 +333,6 @@ def _samples(args, out: Path) -> tuple[dict, list, float]:
     read back from a run being resumed."""
     cached = out / SAMPLES_FILE
     if args.resume and cached.is_file():
-        import pickle
-
         with cached.open("rb") as f:
             saved = pickle.load(f)
         print(f"read the sampled solutions of the run being resumed from {cached}", flush=True)
@@ -353,8 +352,6 @@ def _samples(args, out: Path) -> tuple[dict, list, float]:
     held_out = sample_solutions(weak, task.make_split("validation", size=args.validation_samples), seed=args.seed)
     sampling_time = time.time() - start
     print(f"sampled {len(held_out)} held-out validation solutions; sampling took {sampling_time:.0f} s", flush=True)
-    import pickle
-
     out.mkdir(parents=True, exist_ok=True)
     with cached.open("wb") as f:
         pickle.dump({"pools": pools, "held_out": held_out, "sampling_time": sampling_time}, f)
