@@ -374,14 +374,6 @@ def train_prm(args) -> None:
                 token_label_ends(s.problem, s.steps, s.step_correct) if args.token_labels else None)
                for pool in pools.values() for s in pool]
 
-    if args.init == "scratch":
-        model = LlamaForTokenClassification(llama_config("prm", tokenizer, num_labels=2))
-    else:
-        model = deepened(DATA_DIR / args.init, args.extra_layers)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.01, betas=(0.9, 0.98))
-    rng = np.random.default_rng([args.seed, 11])
-    demos = length_bucketed(task.iter_problems(args.seed + 1), args.batch_size // 2, rng)
-    history, first_step, earlier_wall_time, commands = [], 0, 0.0, [args.command]
     latest = _latest_checkpoint(out) if args.resume else None
     if args.resume and latest is None:
         print(f"--resume: no checkpoint with {TRAINER_STATE} under {out / 'checkpoints'}; starting afresh", flush=True)
@@ -393,7 +385,15 @@ def train_prm(args) -> None:
             raise SystemExit(f"--resume: {latest} was trained with other options (saved, now): {differs}; resume "
                              "with the same options, or start a new run in another --out")
         model = LlamaForTokenClassification.from_pretrained(latest)
-        optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.01, betas=(0.9, 0.98))
+    elif args.init == "scratch":
+        model = LlamaForTokenClassification(llama_config("prm", tokenizer, num_labels=2))
+    else:
+        model = deepened(DATA_DIR / args.init, args.extra_layers)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.01, betas=(0.9, 0.98))
+    rng = np.random.default_rng([args.seed, 11])
+    demos = length_bucketed(task.iter_problems(args.seed + 1), args.batch_size // 2, rng)
+    history, first_step, earlier_wall_time, commands = [], 0, 0.0, [args.command]
+    if latest is not None:
         optimizer.load_state_dict(saved["optimizer"])
         torch.set_rng_state(saved["torch_rng"])
         first_step, history, earlier_wall_time = saved["step"], saved["history"], saved["wall_time_s"]
