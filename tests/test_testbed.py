@@ -355,12 +355,12 @@ def test_prm_token_labels_mark_a_first_error_from_where_it_leaves_the_gold_step(
 
 def test_prm_training_options_error_rich_data_and_identity_layers():
     """The options for the next PRM: error-rich demonstrations are labelled exactly (forgotten boxes
-    included) and rich in errors; with no error-rich share the stream is the shipped recipe's; extra layers
+    included) and rich in errors, more so uncapped at a higher slip rate; with no error-rich share the stream is the shipped recipe's; extra layers
     start as the identity, so the deepened model scores exactly as the model it starts from."""
     import torch
     from transformers import LlamaForTokenClassification
 
-    from trim.testbed.prm_training import deepened, prm_demonstration
+    from trim.testbed.prm_training import deepened, error_rich_teacher, prm_demonstration
 
     problems = task.make_split("train", size=400)
     rng = np.random.default_rng(0)
@@ -368,6 +368,10 @@ def test_prm_training_options_error_rich_data_and_identity_layers():
     assert all(correct == task.step_labels(p, steps) for p, (steps, correct) in zip(problems, rich))
     assert np.mean([not all(c) for _, c in rich]) > 0.5
     assert any("boxed" not in steps[-1] for steps, _ in rich)
+    # Uncapped and denser, it puts several wrong steps in a solution, each still labelled exactly.
+    dense = [prm_demonstration(p, rng, 1.0, error_rich_teacher(0.25, None)) for p in problems]
+    assert all(correct == task.step_labels(p, steps) for p, (steps, correct) in zip(problems, dense))
+    assert np.mean([c.count(False) for _, c in dense]) > 1.5 * np.mean([c.count(False) for _, c in rich])
     shipped, again = np.random.default_rng(1), np.random.default_rng(1)
     for p in problems[:50]:
         teacher = task.WEAK_TEACHER if again.random() < 0.7 else task.STRONG_TEACHER

@@ -81,19 +81,27 @@ from trim.testbed.reference import REAL, REAL_PRM_BINS, real_prm_bin_masses
 from trim.testbed.tokenizer import STEP_TAG
 from trim.testbed.training import cosine_lr, length_bucketed, llama_config, write_record
 
+
 # A careless demonstrator for PRM data (`--error-rich-share`): slips on every kind of fact alike, misreads
 # operands both ways, and sometimes stops before boxing the answer.
-ERROR_RICH_TEACHER = task.Teacher({kind: 0.08 for kind in task.FACT_KINDS}, misread_rate=0.1,
-                                  misread_shifts=(-2, -1, 1, 2))
+def error_rich_teacher(slip_rate: float = 0.08, max_slips: int | None = 1) -> task.Teacher:
+    """The careless demonstrator at `slip_rate` per fact, with at most `max_slips` random errors a solution
+    (None: no cap). The defaults are the teacher of the trial runs the docstring reports."""
+    return task.Teacher({kind: slip_rate for kind in task.FACT_KINDS}, misread_rate=0.1,
+                        misread_shifts=(-2, -1, 1, 2), max_slips=max_slips)
+
+
+ERROR_RICH_TEACHER = error_rich_teacher()
 FORGET_BOX_RATE = 0.1  # of its solutions without a slip: the last step forgets the box
 
 
-def prm_demonstration(problem, rng: np.random.Generator, error_rich_share: float = 0.0) -> tuple[list[str], list[bool]]:
-    """A demonstration for PRM training with exact step labels: by the error-rich teacher with probability
+def prm_demonstration(problem, rng: np.random.Generator, error_rich_share: float = 0.0,
+                      error_rich: task.Teacher = ERROR_RICH_TEACHER) -> tuple[list[str], list[bool]]:
+    """A demonstration for PRM training with exact step labels: by the `error_rich` teacher with probability
     `error_rich_share`, otherwise by the weak teacher (70%) or the strong one. With no error-rich share the
     random stream is consumed exactly as the shipped PRM's training consumed it."""
     if error_rich_share and rng.random() < error_rich_share:
-        steps, correct = task.demonstration(problem, rng, ERROR_RICH_TEACHER)
+        steps, correct = task.demonstration(problem, rng, error_rich)
         if all(correct) and rng.random() < FORGET_BOX_RATE:
             steps[-1] = steps[-1].split(", so the answer is")[0]
             correct[-1] = False
@@ -313,8 +321,13 @@ def select_checkpoint(history: list[dict], select: str, target_auroc: float) -> 
 # state, the history so far and the wall time spent; and, once per run, the sampled solutions.
 TRAINER_STATE, SAMPLES_FILE = "trainer_state.pt", "samples.pkl"
 # The options a resumed run must share with the run it continues (the same numbers, step by step).
-RESUME_KEYS = ("seed", "init", "extra_layers", "error_rich_share", "labels", "token_labels", "validation_samples",
+RESUME_KEYS = ("seed", "init", "extra_layers", "error_rich_share", "error_rich_slip_rate", "error_rich_max_slips",
+               "labels", "token_labels", "validation_samples",
                "weak_samples", "strong_samples", "steps", "batch_size", "lr", "eval_every", "threads", "tokenizer")
+
+
+def _error_rich(args) -> task.Teacher:
+    return error_rich_teacher(args.error_rich_slip_rate, args.error_rich_max_slips or None)
 
 
 def draw_batch(sampled: list, demos, rng: np.random.Generator, args) -> list:
@@ -322,7 +335,7 @@ def draw_batch(sampled: list, demos, rng: np.random.Generator, args) -> list:
     the data is drawn here, so replaying it `step` times puts a resumed run where the first one was."""
     batch = [sampled[i] for i in rng.choice(len(sampled), args.batch_size // 2, replace=False)]
     for p in next(demos):
-        steps, correct = prm_demonstration(p, rng, args.error_rich_share)
+        steps, correct = prm_demonstration(p, rng, args.error_rich_share, _error_rich(args))
         batch.append((p.question, steps, prm_labels(correct, args.labels),
                       token_label_ends(p, steps, correct) if args.token_labels else None))
     return batch
@@ -379,8 +392,9 @@ def train_prm(args) -> None:
         print(f"--resume: no checkpoint with {TRAINER_STATE} under {out / 'checkpoints'}; starting afresh", flush=True)
     if latest is not None:
         saved = torch.load(latest / TRAINER_STATE, weights_only=False)
-        differs = {k: (saved["args"].get(k), getattr(args, k)) for k in RESUME_KEYS
-                   if saved["args"].get(k) != getattr(args, k)}
+        # A key the saved run lacks is an option added since, which that run had at its default.
+        differs = {k: (saved["args"][k], getattr(args, k)) for k in RESUME_KEYS
+                   if k in saved["args"] and saved["args"][k] != getattr(args, k)}
         if differs:
             raise SystemExit(f"--resume: {latest} was trained with other options (saved, now): {differs}; resume "
                              "with the same options, or start a new run in another --out")
@@ -449,7 +463,7 @@ def train_prm(args) -> None:
         "steps_planned": args.steps, "steps_run": history[-1]["step"], "selected_step": chosen["step"],
         "selection": SELECTIONS[args.select].format(auroc=args.target_auroc),
         "error_rich_share": args.error_rich_share,
-        **({"error_rich_teacher": ERROR_RICH_TEACHER.record(), "forget_box_rate": FORGET_BOX_RATE}
+        **({"error_rich_teacher": _error_rich(args).record(), "forget_box_rate": FORGET_BOX_RATE}
            if args.error_rich_share else {}),
         "calibration": {**calibration,
                         "fitted_on": f"{len(held_out)} weak solutions of the validation split",

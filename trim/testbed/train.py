@@ -165,6 +165,10 @@ def main(argv=None) -> None:
                        help="identity-initialised layers stacked on the initial model (default 0)")
     p_prm.add_argument("--error-rich-share", type=float, default=0.0,
                        help="share of demonstrations by the error-rich teacher (default 0)")
+    p_prm.add_argument("--error-rich-slip-rate", type=float, default=0.08,
+                       help="the error-rich teacher's slip rate per written fact (default 0.08)")
+    p_prm.add_argument("--error-rich-max-slips", type=int, default=1,
+                       help="the error-rich teacher's most random errors per solution, 0 for no cap (default 1)")
     p_prm.add_argument("--labels", choices=sorted(LABEL_STYLES), default="first-error",
                        help="how steps after the first error are labelled (default first-error; see LABEL_STYLES)")
     p_prm.add_argument("--token-labels", action="store_true",
