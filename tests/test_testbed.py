@@ -355,8 +355,9 @@ def test_prm_token_labels_mark_a_first_error_from_where_it_leaves_the_gold_step(
 
 def test_prm_training_options_error_rich_data_and_identity_layers():
     """The options for the next PRM: error-rich demonstrations are labelled exactly (forgotten boxes
-    included) and rich in errors, more so uncapped at a higher slip rate; with no error-rich share the stream is the shipped recipe's; extra layers
-    start as the identity, so the deepened model scores exactly as the model it starts from."""
+    included) and rich in errors, more so uncapped at a higher slip rate; with no error-rich share the
+    stream is the shipped recipe's; extra layers start as the identity, so the deepened model scores
+    exactly as the model it starts from."""
     import torch
     from transformers import LlamaForTokenClassification
 
