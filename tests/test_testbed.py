@@ -1,5 +1,6 @@
 """The shipped testbed: it loads like real models, is deterministic, and is calibrated."""
 
+import json
 import time
 
 import numpy as np
@@ -27,6 +28,18 @@ def test_checkpoints_load_like_real_models(name, auto):
     assert tokenizer.convert_tokens_to_ids("<extra_0>") != tokenizer.unk_token_id
     assert model.config.vocab_size == len(tokenizer)
     assert (DATA_DIR / name / "training.json").is_file()
+
+
+def test_documented_training_commands_are_the_recorded_ones():
+    """data/testbed/README.md and train.py's docstring give the command each shipped model's training.json
+    records, so that whoever retrains from the docs reproduces the shipped checkpoints."""
+    import trim.testbed.train
+
+    readme = (DATA_DIR / "README.md").read_text()
+    for name in ("tokenizer", "weak", "strong", "prm"):
+        command = json.loads((DATA_DIR / name / "training.json").read_text())["command"]
+        assert command in readme, f"data/testbed/README.md lacks {name}'s recorded command: {command}"
+        assert command in trim.testbed.train.__doc__, f"train.py's docstring lacks {name}'s command: {command}"
 
 
 def test_checkpoints_fit_the_size_budget():
@@ -278,7 +291,6 @@ def test_prm_labels_calibration_fit_and_fold():
 def test_retraining_reproduces_the_shipped_tokenizer_and_training_is_seeded(tmp_path):
     """The tokenizer retrains byte for byte; a language model and a PRM trained twice from one seed (a
     few steps, the shipped code path) come out with identical weights, and differ with another seed."""
-    import json
 
     import torch
     from safetensors.torch import load_file

@@ -1,12 +1,12 @@
 """Train the testbed: tokenizer, weak and strong language models, and the PRM, reproducibly from a seed.
 
-The shipped models were made by exactly these commands (the defaults; each took the wall time its
-`training.json` records, on one CPU core):
+The shipped models were made by exactly the commands their `training.json` records (each took the wall
+time recorded there, with the thread count recorded there; data/testbed/README.md lists them in order):
 
     python -m trim.testbed.train tokenizer
-    python -m trim.testbed.train lm --role weak
-    python -m trim.testbed.train lm --role strong
-    python -m trim.testbed.train prm
+    python -m trim.testbed.train lm --role weak --steps 1000 --eval-every 250
+    python -m trim.testbed.train lm --role strong --steps 1000 --eval-every 250
+    python -m trim.testbed.train prm --init weak --strong-samples 0 --steps 1200 --eval-every 200 --lr 5e-4
 
 Each command writes a `transformers` model directory under `data/testbed/` with a `training.json`
 beside the weights recording the command, seed, thread count, wall time and data sizes. Same seed and
