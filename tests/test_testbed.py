@@ -36,10 +36,11 @@ def test_documented_training_commands_are_the_recorded_ones():
     import trim.testbed.train
 
     readme = (DATA_DIR / "README.md").read_text()
+    docstring = " ".join(trim.testbed.train.__doc__.replace("\\\n", " ").split())  # shell line continuations
     for name in ("tokenizer", "weak", "strong", "prm"):
         command = json.loads((DATA_DIR / name / "training.json").read_text())["command"]
         assert command in readme, f"data/testbed/README.md lacks {name}'s recorded command: {command}"
-        assert command in trim.testbed.train.__doc__, f"train.py's docstring lacks {name}'s command: {command}"
+        assert command in docstring, f"train.py's docstring lacks {name}'s command: {command}"
 
 
 def test_checkpoints_fit_the_size_budget():
@@ -139,11 +140,7 @@ def test_report_table_names_every_range_of_the_issue():
 def test_the_ranges_on_a_fresh_sample_of_the_task(tb):
     """Problems drawn with another seed than the shipped splits', weak-model steps labelled exactly: the
     calibration must be the task's, not the shipped test split's. Every range of the weak model, the
-    step lengths, the PRM by hidden state and self-confidence is asserted, except the two the shipped
-    PRM misses on the test split too (data/results/testbed_calibration.json: it is sharper than the real
-    PRM on correct steps and has a heavier tail of confident misses on first errors); those two are
-    asserted to stay measured and on the side of the range they miss, so that a PRM that meets them
-    makes this test name them."""
+    step lengths, the PRM by hidden state and self-confidence is asserted."""
     start = time.time()
     problems = task.make_split("test", seed=7, size=100)
     assert not {p.question for p in problems} & {p.question for p in tb.splits["test"]}
@@ -170,10 +167,7 @@ def test_the_ranges_on_a_fresh_sample_of_the_task(tb):
     failures = {name: round(float(value), 3) for name, value in measured.items()
                 if not REAL[name][1][0] - 0.05 <= value <= REAL[name][1][1] + 0.05}
     print(f"fresh sample of {len(problems)} problems in {time.time() - start:.0f} s: {measured}")
-    known_misses = {"PRM S0 P(r>=0.9)", "PRM S2 P(r>=0.9)"}
-    assert not set(failures) - known_misses, failures
-    assert measured["PRM S0 P(r>=0.9)"] > REAL["PRM S0 P(r>=0.9)"][1][1] - 0.05
-    assert measured["PRM S2 P(r>=0.9)"] > REAL["PRM S2 P(r>=0.9)"][1][1] - 0.05
+    assert not failures, failures
 
 
 def test_real_noise_prm_reports_each_hidden_state_with_the_real_prms_noise():

@@ -6,7 +6,9 @@ time recorded there, with the thread count recorded there; data/testbed/README.m
     python -m trim.testbed.train tokenizer
     python -m trim.testbed.train lm --role weak --steps 1000 --eval-every 250
     python -m trim.testbed.train lm --role strong --steps 1000 --eval-every 250
-    python -m trim.testbed.train prm --init weak --strong-samples 0 --steps 1200 --eval-every 200 --lr 5e-4
+    python -m trim.testbed.train prm --init weak --extra-layers 2 --error-rich-share 0.75 \
+        --error-rich-slip-rate 0.25 --error-rich-max-slips 0 --lr 1e-3 --steps 1200 --eval-every 200 \
+        --select rates --weak-samples 16000 --threads 2
 
 Each command writes a `transformers` model directory under `data/testbed/` with a `training.json`
 beside the weights recording the command, seed, thread count, wall time and data sizes. Same seed and
@@ -182,7 +184,7 @@ def main(argv=None) -> None:
                        help="weak solutions of validation problems for selection and calibration")
     p_prm.add_argument("--weak-samples", type=int, default=2000, help="weak solutions sampled for PRM data")
     p_prm.add_argument("--strong-samples", type=int, default=0, help="strong solutions sampled for PRM data")
-    # The shipped models' settings: steps, peak learning rate, validation interval.
+    # Steps, peak learning rate, validation interval: the shipped language models' (the PRM's command sets its own).
     for p, steps, lr, every in ((p_lm, 1000, 2e-3, 250), (p_prm, 1200, 5e-4, 200)):
         p.add_argument("--tokenizer", default=str(DATA_DIR / "tokenizer"), help="tokenizer directory")
         p.add_argument("--steps", type=int, default=steps, help=f"optimizer steps (default {steps})")
