@@ -285,7 +285,6 @@ def test_prm_labels_calibration_fit_and_fold():
 def test_retraining_reproduces_the_shipped_tokenizer_and_training_is_seeded(tmp_path):
     """The tokenizer retrains byte for byte; a language model and a PRM trained twice from one seed (a
     few steps, the shipped code path) come out with identical weights, and differ with another seed."""
-
     import torch
     from safetensors.torch import load_file
 
@@ -360,9 +359,9 @@ def test_prm_token_labels_mark_a_first_error_from_where_it_leaves_the_gold_step(
 
 
 def test_prm_training_options_error_rich_data_and_identity_layers():
-    """The options for the next PRM: error-rich demonstrations are labelled exactly (forgotten boxes
-    included) and rich in errors, more so uncapped at a higher slip rate; with no error-rich share the
-    stream is the shipped recipe's; extra layers start as the identity, so the deepened model scores
+    """The shipped PRM's data and model options: error-rich demonstrations are labelled exactly (forgotten
+    boxes included) and rich in errors, more so uncapped at a higher slip rate; with no error-rich share the
+    stream is the first PRM's recipe; extra layers start as the identity, so the deepened model scores
     exactly as the model it starts from."""
     import torch
     from transformers import LlamaForTokenClassification

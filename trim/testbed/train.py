@@ -1,4 +1,4 @@
-"""Train the testbed: tokenizer, weak and strong language models, and the PRM, reproducibly from a seed.
+r"""Train the testbed: tokenizer, weak and strong language models, and the PRM, reproducibly from a seed.
 
 The shipped models were made by exactly the commands their `training.json` records (each took the wall
 time recorded there, with the thread count recorded there; data/testbed/README.md lists them in order):
