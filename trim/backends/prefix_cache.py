@@ -8,12 +8,15 @@ call feeds only the tokens after its longest cached prefix: linear, not quadrati
 
 from __future__ import annotations
 
+import math
 from collections import OrderedDict
 from typing import Hashable, Sequence
 
 import torch
 from transformers import DynamicCache
 from transformers.cache_utils import DynamicLayer
+
+MAX_SEGMENTS = 8
 
 
 class PrefixCache:
@@ -34,11 +37,13 @@ class PrefixCache:
                 return entry
         return None
 
-    def put(self, key: Hashable, ids: list[int], kv: torch.Tensor, **extra) -> dict:
+    def put(self, key: Hashable, ids: list[int], kv: tuple[torch.Tensor, ...], **extra) -> dict:
         """Store the entry (the newest, so eviction spares it) and return it."""
         if key in self.entries:
             self.bytes -= self.entries.pop(key)["bytes"]
-        size = kv.numel() * kv.element_size()
+        if len(kv) > MAX_SEGMENTS:  # bound the copies a batch makes to place a long solution
+            kv = (torch.cat(kv, dim=3),)
+        size = sum(segment.numel() * segment.element_size() for segment in kv)
         entry = self.entries[key] = {"ids": ids, "kv": kv, "bytes": size, **extra}
         self.bytes += size
         while self.bytes > self.max_bytes and len(self.entries) > 1:
@@ -112,8 +117,13 @@ class RoomyLayer(DynamicLayer):
         return self._views()
 
     def batch_select_indices(self, indices: torch.Tensor) -> None:
+        """Keep the rows `indices`, in that order, compacted in place: only the filled part is copied, and the
+        buffers stay where they are (often a `Workspace`, whose pages are already mapped)."""
         if self.buffers is not None:
-            self.buffers = tuple(b[indices] for b in self.buffers)
+            rows, filled = len(indices), slice(0, self.length)
+            for buffer in self.buffers:
+                buffer[:rows, :, filled] = buffer[indices, :, filled]
+            self.buffers = tuple(b[:rows] for b in self.buffers)
             self._views()
 
     @classmethod
@@ -155,17 +165,40 @@ def roomy_cache(layers: int, room: int) -> DynamicCache:
     return cache
 
 
+class Workspace:
+    """Memory for one batch's K/V store at a time, kept between batches.
+
+    On a CPU a fresh tensor of hundreds of MB costs about three times its copy in page faults (the
+    allocator maps blocks that large anew on every call and the kernel zeroes every page); reused, its
+    pages stay mapped. A batch's store is dead once its rows are copied out (`PastBatch.rows_kv`) or its
+    decoding ends, before the next batch takes the memory."""
+
+    def __init__(self):
+        self.buffer: torch.Tensor | None = None
+
+    def take(self, shape: tuple[int, ...], like: torch.Tensor) -> torch.Tensor:
+        """An uninitialised tensor of `shape`, with `like`'s dtype and device, over the kept memory."""
+        size = math.prod(shape)
+        buffer = self.buffer
+        if buffer is None or buffer.numel() < size or buffer.dtype != like.dtype or buffer.device != like.device:
+            # Prefixes grow every round; room for half as much again spares a new block each time.
+            self.buffer = buffer = like.new_empty(size + size // 2)
+        return buffer[:size].view(shape)
+
+
 class PastBatch:
     """A batch whose rows continue from cached prefixes of different lengths.
 
     Layout per row: [left pad | cached prefix (L_i) | left pad | new tokens (n_i)], widths P and N, so
-    every row's last token sits in the last column (ready for decoding). A cached prefix is one tensor
-    [layers, 2 (keys, values), heads, L_i, head_dim], so a row is placed, and later stored, with one copy."""
+    every row's last token sits in the last column (ready for decoding). The K/V of all layers and rows
+    live in one store [layers, 2 (keys, values), rows, heads, P + N + room, head_dim], so placing a
+    cached segment, or reading a row's new tokens back, is one copy."""
 
     def __init__(self, found: Sequence[dict | None], news: Sequence[list[int]], pad_id: int, device, layers: int,
-                 decode: int = 0):
+                 decode: int = 0, workspace: Workspace | None = None):
         """The cache keeps room for the new tokens and `decode` more (`RoomyLayer`), so the forward pass and
         decoding write into it instead of copying it."""
+        self.found = list(found)
         self.lengths = [0 if f is None else len(f["ids"]) for f in found]
         self.news = [len(n) for n in news]
         self.past, self.width = max(self.lengths), max(self.news)
@@ -179,25 +212,35 @@ class PastBatch:
             self.input_ids[row, self.width - len(new):] = torch.tensor(new, device=device)
             self.positions[row, self.width - len(new):] = length + torch.arange(len(new), device=device)
         room = self.width + decode
-        self.cache = roomy_cache(layers, room)
-        if self.past:
-            template = next(f for f in found if f is not None)["kv"]
-            shape = (template.shape[0], 2, batch, template.shape[2], self.past + room, template.shape[4])
-            store = template.new_zeros(shape)
-            for row, f in enumerate(found):
-                if f is not None:
-                    store[:, :, row, :, self.past - f["kv"].shape[3]: self.past] = f["kv"]
-            self.cache.layers = [RoomyLayer.holding(store[layer, 0], store[layer, 1], self.past, room)
-                                 for layer in range(shape[0])]
+        self.cache, self.store = roomy_cache(layers, room), None
+        template = next((f["kv"][0] for f in found if f is not None), None)
+        if template is None:  # nothing cached: the layers make their own buffers
+            return
+        shape = (template.shape[0], 2, batch, template.shape[2], self.past + room, template.shape[4])
+        self.store = (workspace or Workspace()).take(shape, template)
+        # The store is uninitialised: the forward pass writes every position from `past` on before anything
+        # reads it, and the left padding of shorter prefixes is zeroed, because attention multiplies a
+        # masked value by zero and uninitialised memory may hold NaN.
+        for row, f in enumerate(found):
+            start = self.past - self.lengths[row]
+            self.store[:, :, row, :, :start] = 0
+            for segment in f["kv"] if f is not None else ():
+                self.store[:, :, row, :, start: start + segment.shape[3]] = segment
+                start += segment.shape[3]
+        self.cache.layers = [RoomyLayer.holding(self.store[layer, 0], self.store[layer, 1], self.past, room)
+                             for layer in range(shape[0])]
 
     def attention(self, prebuilt: bool = True) -> torch.Tensor | None:
         return attention_mask(self.mask, self.width, prebuilt)
 
-    def rows_kv(self) -> list[torch.Tensor]:
-        """Each row's cached prefix plus its new tokens, as a contiguous [layers, 2, heads, L, head_dim] copy
-        (the format `PrefixCache` keeps), once the forward pass has read the new tokens."""
-        everything = torch.stack([torch.stack(layer._views()) for layer in self.cache.layers])
+    def rows_kv(self) -> list[tuple[torch.Tensor, ...]]:
+        """Each row's K/V segments (`PrefixCache`): its cached prefix's, shared, and a copy of its new tokens',
+        read once the forward pass has read them and before any decoding."""
+        if self.store is None:
+            store = torch.stack([torch.stack(layer._views()) for layer in self.cache.layers])
+        else:
+            store = self.store
         end = self.past + self.width
-        return [torch.cat([everything[:, :, row, :, self.past - length: self.past],
-                           everything[:, :, row, :, end - new: end]], dim=3)
-                for row, (length, new) in enumerate(zip(self.lengths, self.news))]
+        return [(self.found[row]["kv"] if self.found[row] else ())
+                + (store[:, :, row, :, end - new: end].clone(memory_format=torch.contiguous_format),)
+                for row, new in enumerate(self.news)]

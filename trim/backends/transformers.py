@@ -18,6 +18,7 @@ from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoModelF
 from trim.backends.prefix_cache import (
     PastBatch,
     PrefixCache,
+    Workspace,
     after_prefix,
     attention_mask,
     length_groups,
@@ -126,6 +127,7 @@ class TransformersGenerator:
         self.sampling, self.seed, self.system_prompt, self.batch_size = sampling, seed, system_prompt, batch_size
         self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         self.reuse_prefix, self.prefixes = reuse_prefix, PrefixCache(prefix_cache_bytes)
+        self.workspace = Workspace()
         self.overflows = 0  # prompts longer than the model's context (decoded anyway, with a warning)
         if gguf_file is not None:  # a GGUF checkpoint (llama.cpp's format): transformers dequantises it
             if not (Path(model) / gguf_file).is_file():
@@ -191,7 +193,8 @@ class TransformersGenerator:
         for group in length_groups([len(unread[row]) for row in todo], self.batch_size):
             rows = [todo[k] for k in group]
             batch = PastBatch([found[row] for row in rows], [unread[row] for row in rows],
-                              self.tokenizer.pad_token_id, self.device, self.model.config.num_hidden_layers)
+                              self.tokenizer.pad_token_id, self.device, self.model.config.num_hidden_layers,
+                              workspace=self.workspace)
             self.model(input_ids=batch.input_ids, attention_mask=batch.attention(self.prebuilt_masks),
                        position_ids=batch.positions, past_key_values=batch.cache, use_cache=True)
             for row, kv in zip(rows, batch.rows_kv()):
@@ -212,7 +215,7 @@ class TransformersGenerator:
             found = self._prefill(requests, encoded, found)
         batch = PastBatch(found, [after_prefix(f, ids) for f, ids in zip(found, encoded)],
                           self.tokenizer.pad_token_id, self.device, self.model.config.num_hidden_layers,
-                          decode=self.sampling.max_step_tokens)
+                          decode=self.sampling.max_step_tokens, workspace=self.workspace)
         out = self.model(input_ids=batch.input_ids, attention_mask=batch.attention(self.prebuilt_masks),
                          position_ids=batch.positions, past_key_values=batch.cache, use_cache=True)
         mask, positions, cache, logits = batch.mask, batch.positions[:, -1:], out.past_key_values, out.logits[:, -1]
@@ -291,6 +294,7 @@ class StepTagPRM:
         self.overflows = 0  # inputs longer than max_length, scored with their earliest steps dropped
         self.reuse_prefix = reuse_prefix
         self.prefixes = PrefixCache(prefix_cache_bytes)  # (question, steps) -> ids, per-layer K/V, scores
+        self.workspace = Workspace()
 
     def _check_step_tag(self, source) -> int:
         """The tag's token id; refused when the tokenizer has no single token for it (scores would be read
@@ -395,7 +399,8 @@ class StepTagPRM:
     @torch.inference_mode()
     def _score_past(self, questions, steps, encoded, found) -> list[list[float]]:
         batch = PastBatch(found, [after_prefix(f, ids) for f, ids in zip(found, encoded)],
-                          self.tokenizer.pad_token_id, self.device, self.model.config.num_hidden_layers)
+                          self.tokenizer.pad_token_id, self.device, self.model.config.num_hidden_layers,
+                          workspace=self.workspace)
         logits = self.model(input_ids=batch.input_ids, attention_mask=batch.attention(self.prebuilt_masks),
                             position_ids=batch.positions, past_key_values=batch.cache, use_cache=True).logits
         result = []
