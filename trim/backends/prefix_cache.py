@@ -16,12 +16,16 @@ import torch
 from transformers import DynamicCache
 from transformers.cache_utils import DynamicLayer
 
-MAX_SEGMENTS = 8
+MAX_SEGMENTS = 8  # more, and an entry's segments are merged into one (one copy per segment to place a row)
 
 
 class PrefixCache:
-    """(key -> token ids and their K/V as one [layers, 2, heads, tokens, head_dim] tensor), least recently used
-    first out, bounded in bytes."""
+    """(key -> token ids and their K/V), least recently used first out, bounded in bytes.
+
+    An entry's K/V is a tuple of segments, each [layers, 2 (keys, values), heads, tokens, head_dim]: its
+    parent's segments, shared, then the tokens it added. Storing a longer prefix thus copies only its new
+    tokens, not the whole prefix again. Bytes are counted per entry, shared segments included, so the
+    bound holds however entries share."""
 
     def __init__(self, max_bytes: int = 1 << 30):
         self.max_bytes, self.bytes = max_bytes, 0
