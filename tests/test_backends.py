@@ -188,6 +188,32 @@ def test_generator_prefix_reuse_gives_the_same_solutions_as_rereading():
     assert reuse.prefixes.entries and not reread.prefixes.entries
 
 
+def test_an_accepted_weak_step_is_not_read_again(monkeypatch):
+    """Decoding a step computes its K/V; the next step of the same solution must start from them and read only
+    the delimiter, and still propose what a generator that reads the whole prompt proposes."""
+    from trim.backends import prefix_cache
+    from trim.testbed import WEAK_SAMPLING
+
+    generator = TransformersGenerator(DATA_DIR / "weak", WEAK_SAMPLING, name="w")
+    problems = task.make_split("validation", size=6)
+    first = generator.propose([StepRequest(p.id, p.question, (), seed=3) for p in problems])
+    following = [StepRequest(p.id, p.question, (s.text,), seed=3) for p, s in zip(problems, first)
+                 if s.text and not s.finished]
+    assert following
+    read = []
+    original = prefix_cache.PastBatch.__init__
+
+    def recording(self, found, news, *args, **kwargs):
+        read.append([len(n) for n in news])
+        original(self, found, news, *args, **kwargs)
+
+    monkeypatch.setattr(prefix_cache.PastBatch, "__init__", recording)
+    second = generator.propose(following)
+    assert read == [[1] * len(following)], "one forward, feeding one token per row: no prefill"
+    fresh = TransformersGenerator(DATA_DIR / "weak", WEAK_SAMPLING, name="w", reuse_prefix=False)
+    assert second == fresh.propose(following)
+
+
 def test_prebuilt_attention_masks_give_exactly_the_models_own_numbers(random_prm):
     """The backends build the 4-D attention mask themselves (faster on a CPU); every score and every sampled
     step must be bit-for-bit what transformers computes from the 2-D padding mask."""

@@ -237,6 +237,14 @@ class PastBatch:
     def attention(self, prebuilt: bool = True) -> torch.Tensor | None:
         return attention_mask(self.mask, self.width, prebuilt)
 
+    def segment(self, row: int, start: int, end: int) -> torch.Tensor:
+        """A copy of the K/V of columns [start, end) of batch row `row`, as the cache holds them now (after
+        decoding and any `batch_select_indices`, `row` counts the rows still in the batch)."""
+        layers = self.cache.layers
+        if self.store is not None and layers[0].buffers[0].data_ptr() == self.store[0, 0].data_ptr():
+            return self.store[:, :, row, :, start:end].clone(memory_format=torch.contiguous_format)
+        return torch.stack([torch.stack([b[row, :, start:end] for b in layer.buffers]) for layer in layers])
+
     def rows_kv(self) -> list[tuple[torch.Tensor, ...]]:
         """Each row's K/V segments (`PrefixCache`): its cached prefix's, shared, and a copy of its new tokens',
         read once the forward pass has read them and before any decoding."""

@@ -209,7 +209,7 @@ class TransformersGenerator:
         encoded = self.tokenizer([self.prompt(r) for r in requests], add_special_tokens=False).input_ids
         self._check_context(encoded)
         # Continue from the longest cached prompt of this problem (its previous steps' prompts).
-        found = [self.prefixes.find([(r.question, r.steps[:k]) for k in range(len(r.steps) - 1, -1, -1)], ids)
+        found = [self.prefixes.find([(r.question, r.steps[:k]) for k in range(len(r.steps), -1, -1)], ids)
                  if self.reuse_prefix else None for r, ids in zip(requests, encoded)]
         if self.reuse_prefix:
             found = self._prefill(requests, encoded, found)
@@ -241,6 +241,7 @@ class TransformersGenerator:
             # the cache at every stop would cost as much as it saves). A row's tokens depend only on its own
             # random stream, so which rows share its batch changes nothing.
             if 4 * stopped.count(False) <= 3 * len(live):
+                self._keep_decoded(batch, requests, encoded, found, tokens, ended, live, stopped)
                 keep = [k for k, done in enumerate(stopped) if not done]
                 index = torch.tensor(keep, device=self.device)
                 cache.batch_select_indices(index)
@@ -252,9 +253,31 @@ class TransformersGenerator:
             out = self.model(input_ids=token.unsqueeze(-1), attention_mask=attention_mask(mask, 1, self.prebuilt_masks),
                              position_ids=positions, past_key_values=cache, use_cache=True)
             cache, logits = out.past_key_values, out.logits[:, -1]
-        return [StepProposal(text=self.tokenizer.decode(ids, skip_special_tokens=True).split(STEP_DELIMITER)[0].strip(),
-                             tokens=len(ids), finished=end and ids[-1] == eos, truncated=not end)
+        self._keep_decoded(batch, requests, encoded, found, tokens, ended, live, stopped)
+        return [StepProposal(text=self._step_text(ids), tokens=len(ids), finished=end and ids[-1] == eos,
+                             truncated=not end)
                 for ids, end in zip(tokens, ended)]
+
+    def _step_text(self, ids: list[int]) -> str:
+        return self.tokenizer.decode(ids, skip_special_tokens=True).split(STEP_DELIMITER)[0].strip()
+
+    def _keep_decoded(self, batch: PastBatch, requests, encoded, found, tokens, ended, live, stopped) -> None:
+        """Cache the K/V of the rows of `live` that stopped at the delimiter: the prompt and the step's tokens,
+        under the key of the request that accepts the step. The next step of most problems continues the
+        weak model's own step, whose K/V decoding has just computed; the next prompt then reads only the
+        delimiter (`find` checks that the ids agree). The step's last token, holding the delimiter, was never
+        fed, so it has no K/V."""
+        if not self.reuse_prefix:
+            return
+        eos = self.tokenizer.eos_token_id
+        for k, row in enumerate(live):
+            ids = tokens[row]
+            if not (stopped[k] and ended[row]) or ids[-1] == eos:
+                continue
+            r, start = requests[row], batch.past + batch.width - batch.news[row]
+            kv = batch.segment(k, start, batch.past + batch.width + len(ids) - 1)
+            self.prefixes.put((r.question, r.steps + (self._step_text(ids),)), encoded[row] + ids[:-1],
+                              (found[row]["kv"] if found[row] else ()) + (kv,))
 
 
 def _place(result: list, rows: list[int], values: list) -> list:
