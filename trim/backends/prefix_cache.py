@@ -125,8 +125,10 @@ class RoomyLayer(DynamicLayer):
         buffers stay where they are (often a `Workspace`, whose pages are already mapped)."""
         if self.buffers is not None:
             rows, filled = len(indices), slice(0, self.length)
+            # Rows before the first one that moves stay where they are (shedding keeps the order).
+            moved = next((k for k, i in enumerate(indices.tolist()) if i != k), rows)
             for buffer in self.buffers:
-                buffer[:rows, :, filled] = buffer[indices, :, filled]
+                buffer[moved:rows, :, filled] = buffer[indices[moved:], :, filled]
             self.buffers = tuple(b[:rows] for b in self.buffers)
             self._views()
 
