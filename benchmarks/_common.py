@@ -54,6 +54,24 @@ def timed(obj, method: str, spent: dict, role: str) -> None:
     setattr(obj, method, wrapper)
 
 
+def counted_forwards(*backends) -> dict:
+    """From now on, the forward passes of the backends' models: {"seconds": s, "calls": n} (each forward of a
+    causal or token-classification model counts once, whoever calls it)."""
+    spent = {"seconds": 0.0, "calls": 0}
+    for backend in backends:
+        forward = backend.model.forward
+
+        def wrapper(*args, _forward=forward, **kwargs):
+            with Timer() as t:
+                result = _forward(*args, **kwargs)
+            spent["seconds"] += t.seconds
+            spent["calls"] += 1
+            return result
+
+        backend.model.forward = wrapper
+    return spent
+
+
 def timed_roles(weak, strong, prm) -> dict:
     """From now on, the seconds each model's calls take, by role: {"weak": s, "PRM": s, "strong": s}."""
     spent = dict.fromkeys(("weak", "PRM", "strong"), 0.0)

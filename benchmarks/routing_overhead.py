@@ -16,7 +16,7 @@ perfect schedule would meet it.
 import math
 
 import torch
-from _common import Timer, load, parse_args, split_line, timed_roles
+from _common import Timer, counted_forwards, load, parse_args, split_line, timed_roles
 
 from trim.engine import run_policy
 from trim.policies import Threshold
@@ -64,18 +64,25 @@ def main():
     args = parse_args(__doc__, 128)
     tb, problems = load(args.problems)
     spent = timed_roles(tb.weak, tb.strong, tb.prm)
+    forwards = counted_forwards(tb.weak, tb.strong, tb.prm)
     with Timer() as trim_time:
         records = run_policy(problems, Threshold(args.k), tb.weak, tb.strong, tb.prm)
+    routed_forwards = dict(forwards)
+    forwards.update(seconds=0.0, calls=0)
     weak_tokens = sum(r["weak_tokens"] for r in records)
     strong_tokens = sum(r["strong_tokens"] for r in records)
     weak_s = plain_decode(tb.weak, problems, weak_tokens)
     strong_s = plain_decode(tb.strong, problems, strong_tokens)
+    plain_calls = forwards["calls"]
     ratio = trim_time.seconds / (weak_s + strong_s)
     print(f"TRIM-Thr(k={args.k}) on {len(problems)} problems: {trim_time.seconds:.1f} s "
           f"for {weak_tokens} weak + {strong_tokens} strong tokens")
     print(split_line(spent, trim_time.seconds, "policy, grading and bookkeeping"))
     print(f"plain batched decoding of the same counts: weak {weak_s:.1f} s + strong {strong_s:.1f} s")
     print(f"routing overhead ratio: {ratio:.2f} (target <= 1.3)")
+    print(f"the routed run's {routed_forwards['calls']} forward passes (the plain runs': {plain_calls}) took "
+          f"{routed_forwards['seconds']:.1f} s, {routed_forwards['seconds'] / (weak_s + strong_s):.2f}x the plain "
+          "runs: no bookkeeping makes this schedule faster than that")
 
     # The bound: the per-token work of the plain run (its time less its own fixed costs), plus the longest
     # chain at the fixed cost of each forward pass.
