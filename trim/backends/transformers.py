@@ -183,10 +183,10 @@ class TransformersGenerator:
         """Read every prompt but its last token into the prefix cache, and return those entries.
 
         Rows are read in batches of similar numbers of new tokens (`length_groups`): the new tokens are the
-        steps accepted since the row's last call, a few tokens for a doubling and dozens for a cube or a
-        strong model's first look at a solution, and one padded batch would make every row pay for the
-        longest. Decoding then starts from one token per row. The last token is left out because the
-        next call must feed at least one."""
+        steps this model did not write itself (`_keep_decoded` keeps its own), a few tokens for a doubling
+        and dozens for a cube or a strong model's first look at a solution, and one padded batch would make
+        every row pay for the longest. Decoding then starts from one token per row. The last token is left
+        out because the next call must feed at least one."""
         found = list(found)
         unread = [after_prefix(f, ids)[:-1] for f, ids in zip(found, encoded)]
         todo = [row for row, tokens in enumerate(unread) if tokens]
@@ -208,7 +208,8 @@ class TransformersGenerator:
         # One batched call: the fast tokenizer encodes the rows in parallel, in Rust.
         encoded = self.tokenizer([self.prompt(r) for r in requests], add_special_tokens=False).input_ids
         self._check_context(encoded)
-        # Continue from the longest cached prompt of this problem (its previous steps' prompts).
+        # Continue from the longest cached prefix of this prompt: the request's own (its last step, as this
+        # model decoded it) or an earlier step's prompt.
         found = [self.prefixes.find([(r.question, r.steps[:k]) for k in range(len(r.steps), -1, -1)], ids)
                  if self.reuse_prefix else None for r, ids in zip(requests, encoded)]
         if self.reuse_prefix:
@@ -263,9 +264,9 @@ class TransformersGenerator:
 
     def _keep_decoded(self, batch: PastBatch, requests, encoded, found, tokens, ended, live, stopped) -> None:
         """Cache the K/V of the rows of `live` that stopped at the delimiter: the prompt and the step's tokens,
-        under the key of the request that accepts the step. The next step of most problems continues the
-        weak model's own step, whose K/V decoding has just computed; the next prompt then reads only the
-        delimiter (`find` checks that the ids agree). The step's last token, holding the delimiter, was never
+        under the key of the request that accepts the step. Most next steps follow this model's own step,
+        whose K/V decoding has just computed; the next prompt then reads only the delimiter (`find` checks
+        that the ids agree). The step's last token, holding the delimiter, was never
         fed, so it has no K/V."""
         if not self.reuse_prefix:
             return
