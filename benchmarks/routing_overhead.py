@@ -4,11 +4,8 @@ Plain decoding = `model.generate` on the same problems, batched, producing as ma
 tokens as the TRIM run decoded, with no step boundaries, PRM or policy. Target: at most 1.3. The TRIM
 run's time is also split by role (weak proposals with their prefill, PRM scoring, strong rewrites).
 
-It also prints a lower bound that no schedule can beat on this machine. One problem's steps are a chain:
-each weak token, PRM call and strong token waits for the one before, so the problem with the longest
-chain needs that many forward passes in sequence, each paying at least a batch-of-one forward's fixed
-cost, and the run needs the plain run's per-token work on top. When the bound is near the target, only a
-perfect schedule would meet it.
+It also prints the time the routed run spends inside the models' forward passes: bookkeeping aside,
+that is what this schedule costs (`forward_floor.py` measures what a leaner forward would save).
 
     python benchmarks/routing_overhead.py [--problems 128] [--k 0.5]
 """
@@ -36,30 +33,6 @@ def plain_decode(generator, problems, tokens_total: int) -> float:
     return t.seconds
 
 
-def chain(record: dict) -> tuple[int, int, int]:
-    """(weak tokens, strong tokens, PRM calls) that one problem's run decoded or made one after another;
-    a rewritten step's weak candidate counts, as it was decoded before the PRM judged it."""
-    steps = [s for s in record["steps"] if s["score"] is not None]  # the steps the weak model proposed
-    weak = sum(s["discarded_tokens"] if s["model"] == "strong" else s["tokens"] for s in steps)
-    strong = sum(s["tokens"] for s in steps if s["model"] == "strong")
-    return weak, strong, len(steps)
-
-
-def fixed_cost(generator, problem, tokens: int = 64) -> float:
-    """Seconds per forward pass of a batch of one: the part of every forward that no batching shares."""
-    return plain_decode(generator, [problem], tokens) / tokens
-
-
-def prm_call_cost(prm, problems) -> float:
-    """Seconds for one PRM call on a single one-step solution not seen before (best of the problems)."""
-    times = []
-    for p in problems:
-        with Timer() as t:
-            prm.score([p.question], [p.gold_steps()[:1]])
-        times.append(t.seconds)
-    return min(times)
-
-
 def main():
     args = parse_args(__doc__, 128)
     tb, problems = load(args.problems)
@@ -83,19 +56,6 @@ def main():
     print(f"the routed run's {routed_forwards['calls']} forward passes (the plain runs': {plain_calls}) took "
           f"{routed_forwards['seconds']:.1f} s, {routed_forwards['seconds'] / (weak_s + strong_s):.2f}x the plain "
           "runs: no bookkeeping makes this schedule faster than that")
-
-    # The bound: the per-token work of the plain run (its time less its own fixed costs), plus the longest
-    # chain at the fixed cost of each forward pass.
-    a_weak, a_strong = fixed_cost(tb.weak, problems[0]), fixed_cost(tb.strong, problems[0])
-    a_prm = prm_call_cost(tb.prm, tb.splits["validation"][:5])
-    per_row = [math.ceil(n / len(problems)) for n in (weak_tokens, strong_tokens)]
-    work = (weak_s - per_row[0] * a_weak) + (strong_s - per_row[1] * a_strong)
-    w, s, n = max((chain(r) for r in records), key=lambda c: c[0] * a_weak + c[1] * a_strong + c[2] * a_prm)
-    bound = work + w * a_weak + s * a_strong + n * a_prm
-    print(f"lower bound for any schedule on this machine: {bound:.1f} s, {bound / (weak_s + strong_s):.2f}x "
-          f"(longest chain: {w} weak + {s} strong tokens and {n} PRM calls, at {a_weak * 1e3:.1f} / "
-          f"{a_strong * 1e3:.1f} / {a_prm * 1e3:.0f} ms per forward or call, plus the plain run's per-token work "
-          f"{work:.1f} s)")
 
 
 if __name__ == "__main__":
