@@ -176,6 +176,18 @@ def test_roomy_cache_gives_the_dynamic_caches_numbers_when_growing_and_shedding_
     assert all(torch.equal(a, b) for a, b in zip(logits["dynamic"], logits["roomy"]))
 
 
+def test_workspace_reuses_its_memory_and_keeps_no_more_than_its_bound():
+    from trim.backends.prefix_cache import Workspace
+
+    workspace, like = Workspace(max_bytes=4 * 1000), torch.zeros(1)
+    first = workspace.take((2, 100), like)
+    assert workspace.take((3, 50), like).data_ptr() == first.data_ptr(), "a smaller store reuses the memory"
+    grown = workspace.take((2, 200), like)  # larger than kept: a new block, bounded by max_bytes
+    assert grown.shape == (2, 200) and workspace.buffer.numel() * 4 <= 4 * 1000
+    huge = workspace.take((2, 1000), like)  # over the bound: allocated for the batch alone, not kept
+    assert huge.shape == (2, 1000) and workspace.buffer.numel() * 4 <= 4 * 1000
+
+
 def test_generator_prefix_reuse_gives_the_same_solutions_as_rereading():
     from trim.testbed import WEAK_SAMPLING, evaluate
 

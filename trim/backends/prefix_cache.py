@@ -177,18 +177,26 @@ class Workspace:
     On a CPU a fresh tensor of hundreds of MB costs about three times its copy in page faults (the
     allocator maps blocks that large anew on every call and the kernel zeroes every page); reused, its
     pages stay mapped. A batch's store is dead once its rows are copied out (`PastBatch.rows_kv`) or its
-    decoding ends, before the next batch takes the memory."""
+    decoding ends, before the next batch takes the memory, so one model's batches must not overlap.
 
-    def __init__(self):
+    Only stores of up to `max_bytes` are kept, so a real model's long prompts do not pin gigabytes
+    between calls; larger ones, and every store on a GPU (whose caching allocator already reuses freed
+    blocks, across models too), are allocated for the batch alone."""
+
+    def __init__(self, max_bytes: int = 1 << 29):
+        self.max_bytes = max_bytes
         self.buffer: torch.Tensor | None = None
 
     def take(self, shape: tuple[int, ...], like: torch.Tensor) -> torch.Tensor:
-        """An uninitialised tensor of `shape`, with `like`'s dtype and device, over the kept memory."""
+        """An uninitialised tensor of `shape`, with `like`'s dtype and device, over the kept memory if it fits."""
         size = math.prod(shape)
+        if like.device.type != "cpu" or size * like.element_size() > self.max_bytes:
+            return like.new_empty(shape)
         buffer = self.buffer
-        if buffer is None or buffer.numel() < size or buffer.dtype != like.dtype or buffer.device != like.device:
+        if buffer is None or buffer.numel() < size or buffer.dtype != like.dtype:
             # Prefixes grow every round; room for half as much again spares a new block each time.
-            self.buffer = buffer = like.new_empty(size + size // 2)
+            room = min(size + size // 2, self.max_bytes // like.element_size())
+            self.buffer = buffer = like.new_empty(room)
         return buffer[:size].view(shape)
 
 
