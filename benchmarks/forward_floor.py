@@ -23,7 +23,9 @@ class MinimalDecoder:
     def __init__(self, model, batch: int, capacity: int):
         config, self.model = model.config, model
         self.heads = config.num_attention_heads
-        self.head_dim = config.hidden_size // self.heads
+        if getattr(config, "num_key_value_heads", self.heads) != self.heads:
+            raise ValueError("this step is written for models without grouped-query attention (the testbed's)")
+        self.head_dim = getattr(config, "head_dim", None) or config.hidden_size // self.heads
         self.eps = config.rms_norm_eps
         theta = getattr(config, "rope_theta", None) or config.rope_parameters["rope_theta"]
         self.inverse = 1.0 / theta ** (torch.arange(0, self.head_dim, 2).float() / self.head_dim)

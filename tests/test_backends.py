@@ -188,6 +188,28 @@ def test_workspace_reuses_its_memory_and_keeps_no_more_than_its_bound():
     assert huge.shape == (2, 1000) and workspace.buffer.numel() * 4 <= 4 * 1000
 
 
+def test_prefix_cache_counts_a_shared_segment_once_and_frees_it_with_its_last_holder():
+    from trim.backends.prefix_cache import PrefixCache
+
+    segment = lambda tokens: torch.zeros(1, 2, 1, tokens, 4)  # noqa: E731  [layers, 2, heads, tokens, dim]
+    size = lambda tokens: 8 * tokens * 4  # noqa: E731  bytes of float32
+    cache = PrefixCache(max_bytes=size(30))
+    question = (segment(10),)
+    cache.put("q", [1] * 10, question)
+    cache.put("q+a", [1] * 15, question + (segment(5),))
+    cache.put("q+b", [1] * 15, question + (segment(5),))
+    assert cache.bytes == size(20), "the question's segment is counted once"
+    cache.put("q+a+c", [1] * 25, cache.entries["q+a"]["kv"] + (segment(10),))
+    assert cache.bytes == size(30) and len(cache.entries) == 4
+    # Over the bound: the oldest entries go until memory is freed; dropping "q" and "q+a" frees nothing, as
+    # "q+a+c" still holds their segments, so "q+b" goes too.
+    cache.put("other", [2] * 5, (segment(5),))
+    assert list(cache.entries) == ["q+a+c", "other"]
+    distinct = {id(t): t for entry in cache.entries.values() for t in entry["kv"]}
+    assert set(cache.holders) == set(distinct)
+    assert cache.bytes == sum(size(t.shape[3]) for t in distinct.values()) == size(30)
+
+
 def test_generator_prefix_reuse_gives_the_same_solutions_as_rereading():
     from trim.testbed import WEAK_SAMPLING, evaluate
 

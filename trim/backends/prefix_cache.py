@@ -24,12 +24,13 @@ class PrefixCache:
 
     An entry's K/V is a tuple of segments, each [layers, 2 (keys, values), heads, tokens, head_dim]: its
     parent's segments, shared, then the tokens it added. Storing a longer prefix thus copies only its new
-    tokens, not the whole prefix again. Bytes are counted per entry, shared segments included, so the
-    bound holds however entries share."""
+    tokens, not the whole prefix again. A segment's bytes count once, however many entries hold it, and
+    leave the count with the last of them: `bytes` is the memory the entries keep."""
 
     def __init__(self, max_bytes: int = 1 << 30):
         self.max_bytes, self.bytes = max_bytes, 0
         self.entries: OrderedDict = OrderedDict()
+        self.holders: dict[int, int] = {}  # id of a held segment -> how many entries hold it
 
     def find(self, keys: Sequence[Hashable], ids: list[int]) -> dict | None:
         """The first of `keys` whose cached ids are a strict prefix of `ids` (tokenisation can differ at a
@@ -43,16 +44,27 @@ class PrefixCache:
 
     def put(self, key: Hashable, ids: list[int], kv: tuple[torch.Tensor, ...], **extra) -> dict:
         """Store the entry (the newest, so eviction spares it) and return it."""
-        if key in self.entries:
-            self.bytes -= self.entries.pop(key)["bytes"]
         if len(kv) > MAX_SEGMENTS:  # bound the copies a batch makes to place a long solution
             kv = (torch.cat(kv, dim=3),)
-        size = sum(segment.numel() * segment.element_size() for segment in kv)
-        entry = self.entries[key] = {"ids": ids, "kv": kv, "bytes": size, **extra}
-        self.bytes += size
+        entry = {"ids": ids, "kv": kv, **extra}
+        self._hold(kv, +1)  # before dropping an entry under the same key, which may share its segments
+        if key in self.entries:
+            self._hold(self.entries.pop(key)["kv"], -1)
+        self.entries[key] = entry
         while self.bytes > self.max_bytes and len(self.entries) > 1:
-            self.bytes -= self.entries.popitem(last=False)[1]["bytes"]
+            self._hold(self.entries.popitem(last=False)[1]["kv"], -1)
         return entry
+
+    def _hold(self, kv: tuple[torch.Tensor, ...], change: int) -> None:
+        for segment in kv:
+            # An id stays a segment's while an entry holds it: the entry keeps the tensor alive.
+            count = self.holders.get(id(segment), 0) + change
+            if count == 0:
+                del self.holders[id(segment)]
+            else:
+                self.holders[id(segment)] = count
+            if count == (1 if change > 0 else 0):
+                self.bytes += change * segment.numel() * segment.element_size()
 
 
 def after_prefix(entry: dict | None, ids: list[int]) -> list[int]:
@@ -123,7 +135,10 @@ class RoomyLayer(DynamicLayer):
     def batch_select_indices(self, indices: torch.Tensor) -> None:
         """Keep the rows `indices`, in that order, compacted in place: only the filled part is copied, and the
         buffers stay where they are (often a `Workspace`, whose pages are already mapped)."""
-        if self.buffers is not None:
+        if self.buffers is not None and (indices.dtype == torch.bool or len(indices) > len(self.buffers[0])):
+            self.buffers = tuple(b[indices] for b in self.buffers)  # a mask, or more rows than there are
+            self._views()
+        elif self.buffers is not None:
             rows, filled = len(indices), slice(0, self.length)
             # Rows before the first one that moves stay where they are (shedding keeps the order).
             moved = next((k for k, i in enumerate(indices.tolist()) if i != k), rows)
@@ -231,10 +246,10 @@ class PastBatch:
         if template is None:  # nothing cached: the layers make their own buffers
             return
         shape = (template.shape[0], 2, batch, template.shape[2], self.past + room, template.shape[4])
-        self.store = (workspace or Workspace()).take(shape, template)
+        self.store = workspace.take(shape, template) if workspace else template.new_empty(shape)
         # The store is uninitialised: the forward pass writes every position from `past` on before anything
-        # reads it, and the left padding of shorter prefixes is zeroed, because attention multiplies a
-        # masked value by zero and uninitialised memory may hold NaN.
+        # reads it, and the left padding of shorter prefixes is zeroed, because uninitialised memory may hold
+        # NaN, and a NaN key or value stays NaN through the mask (NaN - inf, 0 x NaN).
         for row, f in enumerate(found):
             start = self.past - self.lengths[row]
             self.store[:, :, row, :, :start] = 0
