@@ -135,17 +135,18 @@ class RoomyLayer(DynamicLayer):
     def batch_select_indices(self, indices: torch.Tensor) -> None:
         """Keep the rows `indices`, in that order, compacted in place: only the filled part is copied, and the
         buffers stay where they are (often a `Workspace`, whose pages are already mapped)."""
-        if self.buffers is not None and (indices.dtype == torch.bool or len(indices) > len(self.buffers[0])):
+        if self.buffers is None:
+            return
+        if indices.dtype == torch.bool or len(indices) > len(self.buffers[0]):
             self.buffers = tuple(b[indices] for b in self.buffers)  # a mask, or more rows than there are
-            self._views()
-        elif self.buffers is not None:
+        else:
             rows, filled = len(indices), slice(0, self.length)
             # Rows before the first one that moves stay where they are (shedding keeps the order).
             moved = next((k for k, i in enumerate(indices.tolist()) if i != k), rows)
             for buffer in self.buffers:
                 buffer[moved:rows, :, filled] = buffer[indices[moved:], :, filled]
             self.buffers = tuple(b[:rows] for b in self.buffers)
-            self._views()
+        self._views()
 
     @classmethod
     def holding(cls, keys: torch.Tensor, values: torch.Tensor, length: int, room: int) -> "RoomyLayer":
@@ -273,11 +274,6 @@ class PastBatch:
     def rows_kv(self) -> list[tuple[torch.Tensor, ...]]:
         """Each row's K/V segments (`PrefixCache`): its cached prefix's, shared, and a copy of its new tokens',
         read once the forward pass has read them and before any decoding."""
-        if self.store is None:
-            store = torch.stack([torch.stack(layer._views()) for layer in self.cache.layers])
-        else:
-            store = self.store
         end = self.past + self.width
-        return [(self.found[row]["kv"] if self.found[row] else ())
-                + (store[:, :, row, :, end - new: end].clone(memory_format=torch.contiguous_format),)
+        return [(self.found[row]["kv"] if self.found[row] else ()) + (self.segment(row, end - new, end),)
                 for row, new in enumerate(self.news)]

@@ -266,8 +266,7 @@ class TransformersGenerator:
         """Cache the K/V of the rows of `live` that stopped at the delimiter: the prompt and the step's tokens,
         under the key of the request that accepts the step. Most next steps follow this model's own step,
         whose K/V decoding has just computed; the next prompt then reads only the delimiter (`find` checks
-        that the ids agree). The step's last token, holding the delimiter, was never
-        fed, so it has no K/V."""
+        that the ids agree). The step's last token, holding the delimiter, was never fed, so it has no K/V."""
         if not self.reuse_prefix:
             return
         eos = self.tokenizer.eos_token_id
