@@ -11,7 +11,7 @@ export TRIM_DATA_DIR
 endif
 export TRIM_QUIET ?= 1
 
-.PHONY: book test lint venv vllm-env clean
+.PHONY: book test lint install-check colab-cells gpu-check venv vllm-env clean
 
 venv: $(STAMP)
 
@@ -42,10 +42,24 @@ $(VLLM_VENV)/.installed: .ci/vllm-env.sh pyproject.toml
 	PYTHON=$(PYTHON) bash .ci/vllm-env.sh $(VLLM_VENV)
 	touch $@
 
-# Lint (ruff, configured in pyproject.toml), library tests (the vLLM ones in .venv-vllm), then every
-# chapter executed and its golden cells checked by nbval.
-test: lint vllm-env
+# Lint (ruff, configured in pyproject.toml), every documented install command resolved (pip --dry-run),
+# library tests (the vLLM ones in .venv-vllm), then every chapter executed and its golden cells checked by nbval.
+test: lint install-check vllm-env
 	$(BIN)/python -m pytest --nbval-lax --nbval-current-env tests book
+
+# `pip install --dry-run` of the GPU extra, requirements-gpu.txt and the chapters' Colab cell, for this
+# machine and for Colab: a dependency conflict fails with pip's message, and no GPU wheel is downloaded.
+install-check: $(STAMP)
+	$(BIN)/python .ci/install_check.py
+
+# Every chapter's first cell (Colab setup) and Colab badge, from trim/colab.py and _config.yml's repository.url.
+colab-cells: $(STAMP)
+	$(BIN)/python -m trim.colab --write book/*.ipynb
+
+# On a machine with a CUDA GPU (and only the package registry): a fresh venv with the GPU extra, then the
+# vLLM backends, chapter 7's CPU path and the overhead benchmark on the GPU, in under 10 minutes.
+gpu-check:
+	PYTHON=$(PYTHON) bash benchmarks/gpu_check.sh
 
 lint: $(STAMP)
 	$(BIN)/ruff check trim tests benchmarks

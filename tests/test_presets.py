@@ -101,3 +101,64 @@ def test_cpu_smoke_runs_a_real_chat_model_through_the_same_code():
     step = weak.propose([request])[0]
     assert step.tokens > 0 and "\n\n" not in step.text and step.text.strip()
     assert weak.propose([request])[0] == step  # seeded per request: the same step again
+
+
+def test_each_prm_family_reads_the_separator_and_label_its_checkpoint_was_trained_with(monkeypatch,
+                                                                                         tiny_separator_prm):
+    """Pinned to the sources cited in trim/backends/prompts.py and trim/backends/separator_prm.py: Qwen2.5-Math-PRM's
+    model card (tag <extra_0>, reward = softmax[..., 1]); TRL's PRMTrainer (label 1 = correct step, default
+    separator "\\n"); search-and-learn's recipe for HuggingFaceH4's PRMs (--step_separator "\\n\\n")."""
+    from trim.backends import prompts, separator_prm
+
+    assert (prompts.PRM_STEP_TAG, prompts.PRM_CORRECT_LABEL) == ("<extra_0>", 1)
+    assert (separator_prm.TRL_SEPARATOR, separator_prm.CORRECT_LABEL) == ("\n", 1)
+    built = {}
+    monkeypatch.setattr(separator_prm, "SeparatorPRM", lambda source, **kwargs: built.update(kwargs, source=source))
+    presets._prm(presets.PRESETS["colab-t4"])
+    assert built["source"] == "HuggingFaceH4/Qwen2.5-Math-1.5B-Instruct-PRM-0.2" and built["separator"] == "\n\n"
+    # The separator decides where a step is scored: at the last token of its own "\n\n".
+    prm = SeparatorPRM(tiny_separator_prm, device="cpu", separator="\n\n")
+    ids, positions = prm.encode("Start at 3.", ["1) 3 + 4 = 7", "2) 7 * 2 = 4"])
+    assert prm.separator_ids == prm.tokenizer.encode("\n\n", add_special_tokens=False)
+    assert all(prm.tokenizer.decode(ids[p + 1 - len(prm.separator_ids): p + 1]) == "\n\n" for p in positions)
+    with pytest.raises(ValueError, match="empty step separator"):
+        SeparatorPRM(tiny_separator_prm, device="cpu", separator="")
+
+
+T4 = (15_400_000_000, 15_830_000_000, "Tesla T4")
+
+
+def test_memory_check_names_the_preset_and_the_shortfall():
+    t4 = presets.PRESETS["colab-t4"]
+    assert presets.memory_problems(t4, {0: T4}) == []
+    busy = presets.memory_problems(t4, {0: (6_000_000_000, T4[1], "Tesla T4")})
+    assert busy == ["GPU 0 (Tesla T4) has 6.0 GB free of 15.8 GB and the preset needs 11.8 GB (vLLM shares 0.55 "
+                    "of 15.8 GB = 8.7 GB, plus 3.1 GB of weights in transformers): 5.8 GB short"]
+    small = presets.memory_problems(t4, {0: (7_900_000_000, 8_000_000_000, "small card")})
+    assert any("the strong model's share 0.35 of GPU 0 (small card, 8.0 GB) is 2.8 GB, too small for its 3.1 GB"
+               in p for p in small)
+    release = presets.memory_problems(presets.PRESETS["release"], {0: T4, 1: T4})
+    assert any("GPU 0" in p for p in release) and any("GPU 1" in p for p in release)
+
+
+def test_loading_a_gpu_preset_twice_returns_the_engines_already_running(monkeypatch):
+    started, checked = [], []
+    monkeypatch.setattr(presets, "_LOADED", {})
+    monkeypatch.setattr(presets, "_check_gpu_memory", checked.append)
+    monkeypatch.setattr(presets, "_generator", lambda preset, role_name, role, seed: started.append(role_name) or
+                        object())
+    monkeypatch.setattr(presets, "_prm", lambda preset: started.append("prm") or object())
+    first = presets.load("colab-t4")
+    assert presets.load("colab-t4") is first and started == ["weak", "strong", "prm"] and len(checked) == 1
+    with pytest.raises(RuntimeError, match=r"preset colab-t4 \(seed 0\) already holds the GPU .* to load single-gpu"):
+        presets.load("single-gpu")
+    with pytest.raises(RuntimeError, match="restart the session"):
+        presets.load("colab-t4", seed=1)
+
+
+def test_colab_t4_starts_its_engines_eager_and_only_gpu_presets_check_memory():
+    t4 = presets.PRESETS["colab-t4"]
+    assert dict(t4.weak.options)["enforce_eager"] and dict(t4.strong.options)["enforce_eager"]
+    for preset in presets.PRESETS.values():
+        for role in (preset.weak, preset.strong, preset.prm):
+            assert (role.weights_gb > 0) == (preset.name in ("colab-t4", "single-gpu", "release"))

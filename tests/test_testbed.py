@@ -291,8 +291,17 @@ def test_retraining_reproduces_the_shipped_tokenizer_and_training_is_seeded(tmp_
     from trim.testbed.train import main
 
     main(["tokenizer", "--out", str(tmp_path / "tokenizer")])
-    for name in ("tokenizer.json", "chat_template.jinja", "special_tokens_map.json"):
+    for name in ("tokenizer.json", "chat_template.jinja", "tokenizer_config.json"):
         assert (tmp_path / "tokenizer" / name).read_bytes() == (DATA_DIR / "tokenizer" / name).read_bytes(), name
+    # The models keep the tokenizer files they were saved with (transformers 4 wrote them in another layout);
+    # they must tokenize exactly as the retrained tokenizer does.
+    from transformers import PreTrainedTokenizerFast
+
+    retrained = PreTrainedTokenizerFast.from_pretrained(tmp_path / "tokenizer")
+    texts = [text for p in testbed.Splits()["test"][:300] for text in (p.question, *p.gold_steps())]
+    for role in ("weak", "strong", "prm"):
+        shipped = PreTrainedTokenizerFast.from_pretrained(DATA_DIR / role)
+        assert shipped(texts).input_ids == retrained(texts).input_ids, role
 
     def weights(kind, seed, *extra):
         out = tmp_path / f"{kind}-{seed}"

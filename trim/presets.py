@@ -7,7 +7,12 @@
 A preset says which models, which backend per role, sampling, dtype, and for vLLM the share of GPU
 memory each engine may take (`gpu_memory_utilization` is a share of the *whole* GPU, so the shares of
 engines on one GPU must sum below 1). Weights take 2 bytes per parameter in bf16/fp16; what is left of
-each share holds that engine's KV cache. `PRESETS[name].memory` spells the arithmetic out."""
+each share holds that engine's KV cache. `PRESETS[name].memory` spells the arithmetic out, and `load`
+checks it against the GPU before starting anything (`memory_problems`).
+
+A classroom re-runs cells: loading a GPU preset a second time in one session returns the engines
+already running instead of starting second ones beside them (vLLM would find its share of the GPU
+taken and refuse to start)."""
 
 from __future__ import annotations
 
@@ -30,7 +35,8 @@ class Role:
     share: float | None = None      # vLLM: share of the GPU's memory for this engine
     gpu: int | None = None          # vLLM: which GPU (CUDA_VISIBLE_DEVICES when the engine starts)
     family: str = "step-tag"        # PRMs: "step-tag" (Qwen2.5-Math-PRM, testbed) | "separator" (TRL-trained)
-    options: tuple = ()             # extra keyword arguments, as (name, value) pairs
+    options: tuple = ()             # extra keyword arguments for the role's class, as (name, value) pairs
+    weights_gb: float = 0.0         # the weights' size in the preset's dtype, for the memory check (GPU roles)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -81,11 +87,21 @@ register(Preset(
     hardware="any CPU", memory="135M parameters dequantised to fp32 (about 0.5 GB) per generator",
     sampling=dataclasses.replace(RELEASE_SAMPLING, max_step_tokens=128), system_prompt=None, dtype="float32",
     max_model_len=8192))
+# vLLM compiles the model (torch.compile) and captures CUDA graphs when an engine starts; `enforce_eager`
+# skips both. On a T4 that start-up is paid by every fresh runtime (the compile cache lives in /content's
+# home and goes with it), for each of two engines, while the runs a class does on it are short; eager
+# decoding is slower per token at small batches. Start-up matters more there, so colab-t4 runs eager.
+# (Not measured here: no GPU. `make gpu-check` times engine start-up where one is available.)
+EAGER = (("enforce_eager", True),)
+# The separator HuggingFaceH4's Qwen2.5-Math PRMs were trained with (see trim.backends.separator_prm).
+H4_PRM_SEPARATOR = (("separator", "\n\n"),)
+
 register(Preset(
     "colab-t4", "Qwen2.5-0.5B-Instruct -> Qwen2.5-1.5B-Instruct with a 1.5B TRL-trained PRM, on one 16 GB T4",
-    Role("Qwen/Qwen2.5-0.5B-Instruct", "vllm", share=0.2),
-    Role("Qwen/Qwen2.5-1.5B-Instruct", "vllm", share=0.35),
-    Role("HuggingFaceH4/Qwen2.5-Math-1.5B-Instruct-PRM-0.2", "transformers", family="separator"),
+    Role("Qwen/Qwen2.5-0.5B-Instruct", "vllm", share=0.2, options=EAGER, weights_gb=1.0),
+    Role("Qwen/Qwen2.5-1.5B-Instruct", "vllm", share=0.35, options=EAGER, weights_gb=3.1),
+    Role("HuggingFaceH4/Qwen2.5-Math-1.5B-Instruct-PRM-0.2", "transformers", family="separator",
+         options=H4_PRM_SEPARATOR, weights_gb=3.1),
     hardware="one NVIDIA T4 (15 GB usable; fp16, no bf16)",
     memory="weights in fp16: weak 0.5B x 2 B = 1.0 GB, strong 1.5B x 2 B = 3.1 GB, PRM 1.5B x 2 B = 3.1 GB "
            "(transformers, outside vLLM's shares). vLLM shares of 15 GB: weak 0.20 (3.0 GB: 1.0 weights + 2.0 "
@@ -94,9 +110,9 @@ register(Preset(
     dtype="float16"))
 register(Preset(
     "single-gpu", "Qwen2.5-1.5B-Instruct -> Qwen2.5-7B-Instruct with Qwen2.5-Math-PRM-7B on one GPU of 48-80 GB",
-    Role("Qwen/Qwen2.5-1.5B-Instruct", "vllm", share=0.12),
-    Role("Qwen/Qwen2.5-7B-Instruct", "vllm", share=0.40),
-    Role("Qwen/Qwen2.5-Math-PRM-7B", "vllm", share=0.35),
+    Role("Qwen/Qwen2.5-1.5B-Instruct", "vllm", share=0.12, weights_gb=3.1),
+    Role("Qwen/Qwen2.5-7B-Instruct", "vllm", share=0.40, weights_gb=15.2),
+    Role("Qwen/Qwen2.5-Math-PRM-7B", "vllm", share=0.35, weights_gb=15.2),
     hardware="one GPU with 48 GB or more (L40S, A6000, A100, H100)",
     memory="weights in bf16: 1.5B x 2 B = 3.1 GB, 7B x 2 B = 15.2 GB, PRM 7B x 2 B = 15.2 GB, 33.5 GB in all. "
            "On 80 GB the shares give weak 9.6 GB (6.5 KV), strong 32 GB (17 KV), PRM 28 GB; on 48 GB use "
@@ -105,9 +121,9 @@ register(Preset(
 register(Preset(
     "release", "the official release's pair and layout: Qwen2.5-1.5B-Instruct -> Qwen2.5-7B-Instruct, "
     "Qwen2.5-Math-PRM-7B, on two 48 GB GPUs",
-    Role("Qwen/Qwen2.5-1.5B-Instruct", "vllm", share=0.35, gpu=1),
-    Role("Qwen/Qwen2.5-7B-Instruct", "vllm", share=0.90, gpu=0),
-    Role("Qwen/Qwen2.5-Math-PRM-7B", "vllm", share=0.50, gpu=1),
+    Role("Qwen/Qwen2.5-1.5B-Instruct", "vllm", share=0.35, gpu=1, weights_gb=3.1),
+    Role("Qwen/Qwen2.5-7B-Instruct", "vllm", share=0.90, gpu=0, weights_gb=15.2),
+    Role("Qwen/Qwen2.5-Math-PRM-7B", "vllm", share=0.50, gpu=1, weights_gb=15.2),
     hardware="two 48 GB GPUs (the release used 2x A40)",
     memory="GPU 0: strong 15.2 GB of bf16 weights in a 0.90 share (41 GB, the rest KV cache); GPU 1: weak "
            "3.1 GB in 0.35 (16 GB) beside the PRM's 15.2 GB in 0.50 (23 GB): 85% of the card, as the release"))
@@ -174,6 +190,7 @@ def _generator(preset: Preset, role_name: str, role: Role, seed: int):
 
 def _prm(preset: Preset):
     role, name, source = preset.prm, f"{preset.name}-prm", _source(preset.prm.model)
+    options = dict(role.options)
     if role.backend == "vllm":
         if role.family != "step-tag":
             raise ValueError(f"preset {preset.name}: vLLM serves only step-tag PRMs, not {role.family!r}")
@@ -182,27 +199,119 @@ def _prm(preset: Preset):
         with _on_gpu(role):
             return VLLMStepTagPRM(source, name=name, system_prompt=preset.system_prompt,
                                   max_model_len=preset.max_model_len, gpu_memory_utilization=role.share or 0.9,
-                                  dtype=preset.dtype)
+                                  dtype=preset.dtype, **options)
     import torch
 
     dtype = None if preset.dtype == "float32" else getattr(torch, preset.dtype)
     if role.family == "separator":
         from trim.backends.separator_prm import SeparatorPRM
 
-        return SeparatorPRM(source, name=name, dtype=dtype, max_length=preset.max_model_len)
+        return SeparatorPRM(source, name=name, dtype=dtype, max_length=preset.max_model_len, **options)
     from trim.backends.transformers import StepTagPRM
 
     hub = not source.startswith(("/", ".")) and not Path(source).exists()
-    return StepTagPRM(source, name=name, dtype=dtype, trust_remote_code=hub, system_prompt=preset.system_prompt)
+    return StepTagPRM(source, name=name, dtype=dtype, trust_remote_code=hub, system_prompt=preset.system_prompt,
+                      **options)
+
+
+def _uses_vllm(preset: Preset) -> bool:
+    return any(role.backend == "vllm" for role in (preset.weak, preset.strong, preset.prm))
+
+
+def memory_problems(preset: Preset, gpus: dict[int, tuple[int, int, str]]) -> list[str]:
+    """What does not fit: `gpus` maps a GPU index to (free bytes, total bytes, name), as CUDA reports them.
+
+    vLLM starts an engine only if its share of the *whole* GPU is free, and the share must hold the
+    weights plus a KV cache; a transformers role on the GPU needs its weights beside the engines."""
+    gb, problems = 1e9, []
+    roles = {"weak": preset.weak, "strong": preset.strong, "PRM": preset.prm}
+    for index in sorted({role.gpu or 0 for role in roles.values()}):
+        free, total, device = gpus[index]
+        here = {n: r for n, r in roles.items() if (r.gpu or 0) == index}
+        shares = sum(r.share or 0.9 for r in here.values() if r.backend == "vllm")
+        beside = sum(r.weights_gb for r in here.values() if r.backend != "vllm")
+        need = shares * total / gb + beside
+        for name, role in here.items():
+            if role.backend == "vllm" and (role.share or 0.9) * total / gb < role.weights_gb + 0.5:
+                problems.append(f"the {name} model's share {role.share} of GPU {index} ({device}, "
+                                f"{total / gb:.1f} GB) is {(role.share or 0.9) * total / gb:.1f} GB, too small for "
+                                f"its {role.weights_gb} GB of weights and a KV cache")
+        if need > free / gb:
+            parts = f"vLLM shares {shares:.2f} of {total / gb:.1f} GB = {shares * total / gb:.1f} GB"
+            if beside:
+                parts += f", plus {beside:.1f} GB of weights in transformers"
+            problems.append(f"GPU {index} ({device}) has {free / gb:.1f} GB free of {total / gb:.1f} GB and the "
+                            f"preset needs {need:.1f} GB ({parts}): {need - free / gb:.1f} GB short")
+    return problems
+
+
+def _gpu_memory(indices: set[int]) -> dict[int, tuple[int, int, str]]:
+    """(free, total, name) per GPU index, read through NVML (vLLM's dependency nvidia-ml-py), as vLLM does:
+    querying through torch would create a CUDA context here and force vLLM's workers to spawn."""
+    import pynvml
+
+    pynvml.nvmlInit()
+    try:
+        count = pynvml.nvmlDeviceGetCount()
+        visible = [v for v in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if v.strip().isdigit()]
+        result = {}
+        for index in indices:
+            physical = int(visible[index]) if index < len(visible) else index
+            if physical >= count:
+                raise RuntimeError(f"GPU {index} does not exist: this machine has {count}")
+            handle = pynvml.nvmlDeviceGetHandleByIndex(physical)
+            info, name = pynvml.nvmlDeviceGetMemoryInfo(handle), pynvml.nvmlDeviceGetName(handle)
+            result[index] = (int(info.free), int(info.total), name.decode() if isinstance(name, bytes) else name)
+        return result
+    finally:
+        pynvml.nvmlShutdown()
+
+
+def _check_gpu_memory(preset: Preset) -> None:
+    indices = {role.gpu or 0 for role in (preset.weak, preset.strong, preset.prm)}
+    try:
+        gpus = _gpu_memory(indices)
+    except ImportError:
+        raise ImportError(f"preset {preset.name} needs vLLM and a GPU; install the GPU extra (`pip install -e "
+                          "\".[gpu]\"`)") from None
+    except Exception as error:  # NVML's errors: no driver, no GPU
+        raise RuntimeError(f"preset {preset.name} runs on a GPU ({preset.hardware}), and none is usable here "
+                           f"({error}); on Colab choose Runtime > Change runtime type > T4 GPU") from None
+    problems = memory_problems(preset, gpus)
+    if problems:
+        raise RuntimeError(f"preset {preset.name} does not fit this machine ({preset.hardware} needed): "
+                           + "; ".join(problems) + ". Free GPU memory (restart the session if other models are "
+                           "loaded) or choose a smaller preset (presets.table())")
+
+
+# GPU presets loaded in this process: (name, seed) -> (weak, strong, prm), so that re-running a loading cell
+# returns the engines already on the GPU.
+_LOADED: dict[tuple[str, int], tuple] = {}
 
 
 def load(name: str, seed: int = 0):
-    """The preset's weak generator, strong generator and PRM, ready for `trim.engine.run_policy`."""
+    """The preset's weak generator, strong generator and PRM, ready for `trim.engine.run_policy`.
+
+    A GPU preset is loaded once per process: asking again returns the same engines; asking for another
+    GPU preset (or another seed) while one is loaded is refused, since vLLM cannot give an engine's GPU
+    memory back reliably within a process (restart the session instead)."""
     if name not in PRESETS:
         raise ValueError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
     preset = PRESETS[name]
-    return (_generator(preset, "weak", preset.weak, seed), _generator(preset, "strong", preset.strong, seed),
+    if not _uses_vllm(preset):
+        return (_generator(preset, "weak", preset.weak, seed), _generator(preset, "strong", preset.strong, seed),
+                _prm(preset))
+    if (name, seed) in _LOADED:
+        return _LOADED[name, seed]
+    if _LOADED:
+        (other, other_seed), = _LOADED
+        raise RuntimeError(f"preset {other} (seed {other_seed}) already holds the GPU in this session; restart the "
+                           f"session (Colab: Runtime > Restart session) to load {name} (seed {seed})")
+    _check_gpu_memory(preset)
+    trio = (_generator(preset, "weak", preset.weak, seed), _generator(preset, "strong", preset.strong, seed),
             _prm(preset))
+    _LOADED[name, seed] = trio
+    return trio
 
 
 def table():

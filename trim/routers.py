@@ -151,8 +151,11 @@ class _Embeddings:
     def __init__(self):
         from transformers import AutoModel, AutoTokenizer
 
+        from trim.progress import quiet_transformers
+
         self.tokenizer = AutoTokenizer.from_pretrained(encoder_dir())
-        self.model = AutoModel.from_pretrained(encoder_dir()).eval()
+        with quiet_transformers():
+            self.model = AutoModel.from_pretrained(encoder_dir()).eval()
 
     @torch.inference_mode()
     def __call__(self, texts: Sequence[str], batch_size: int = 128) -> torch.Tensor:
@@ -195,16 +198,13 @@ class BertRouter(QueryRouter):
 
     def _load(self, source):
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
-        from transformers.utils import logging
+
+        from trim.progress import quiet_transformers
 
         self.tokenizer = AutoTokenizer.from_pretrained(encoder_dir())
         # The classification head is new by design (fit() trains it); silence transformers' notice.
-        verbosity = logging.get_verbosity()
-        logging.set_verbosity_error()
-        try:
+        with quiet_transformers():
             self.model = AutoModelForSequenceClassification.from_pretrained(source, num_labels=2)
-        finally:
-            logging.set_verbosity(verbosity)
 
     def fit(self, train: Outcomes, validation: Outcomes | None = None) -> "BertRouter":
         torch.manual_seed(self.seed)

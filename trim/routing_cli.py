@@ -18,6 +18,7 @@ import pandas as pd
 from trim.policies import POLICIES
 from trim.presets import PRESETS
 from trim.testbed.oracle import KNOWING_PRMS
+from trim.traces import runs_dir
 
 SPLITS = ("train", "validation", "test", "shifted")
 MODEL_ROLES = ("weak", "strong", "prm")
@@ -236,7 +237,7 @@ def cmd_run(args) -> int:
 
     spec = POLICIES[args.policy]
     policy = make_policy(args.policy, getattr(args, spec.knob) if spec.knob else None, seed=args.seed)
-    out = Path(args.out or f"runs/{args.split}")
+    out = Path(args.out) if args.out else runs_dir(args.split)
 
     def before_load(trace_dir: Path, problems: list) -> None:
         check_trace(trace_dir / trace_name(policy), {
@@ -256,7 +257,7 @@ def cmd_sweep(args) -> int:
     from trim.policies import RSD
     from trim.sweep import random_matched, threshold_grid
 
-    out = Path(args.out or f"runs/{args.split}")
+    out = Path(args.out) if args.out else runs_dir(args.split)
     harness, problems = _harness(args, out)
     ends, _, _ = harness.endpoints(problems)
     table = harness.sweep(problems, threshold_grid(args.points))
@@ -282,7 +283,7 @@ def cmd_calibrate(args) -> int:
     from trim.policies import Threshold
     from trim.sweep import calibrate_threshold
 
-    out = Path(args.out or "runs")
+    out = Path(args.out) if args.out else runs_dir()
     harness, calibration = _harness(args, out / args.calibration_split, split=args.calibration_split)
     result = calibrate_threshold(harness, calibration, args.target_share, points=args.points)
     test_harness, problems = _harness(args, out / args.split)
@@ -310,7 +311,7 @@ def cmd_baselines(args) -> int:
     from trim.policies import RSD
     from trim.sweep import threshold_grid
 
-    out = Path(args.out or f"runs/{args.split}")
+    out = Path(args.out) if args.out else runs_dir(args.split)
     harness, problems = _harness(args, out)
     splits = testbed.Splits()
     train = splits["train"][: args.train_problems]
@@ -469,7 +470,8 @@ def register(sub) -> None:
         users = ", ".join(name for name, spec in POLICIES.items() if spec.knob == knob)
         p.add_argument(f"--{knob}", type=fraction, default=default,
                        help=f"value in [0, 1] for policy {users} (default {default})")
-    p.add_argument("--out", default=None, help="trace directory (default: runs/<split>); reruns resume")
+    p.add_argument("--out", default=None, help="trace directory (default: runs/<split>, under $TRIM_RUNS_DIR if set); "
+                   "reruns resume")
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("sweep", help="sweep TRIM-Thr's threshold: one table and an accuracy-vs-strong-tokens plot")
@@ -477,7 +479,8 @@ def register(sub) -> None:
     p.add_argument("--points", type=positive_int, default=21, help="thresholds evenly spaced on [0, 1] (default 21)")
     p.add_argument("--random-matched", type=count, default=5,
                    help="random-regeneration runs at TRIM-Thr's rates (default 5)")
-    p.add_argument("--out", default=None, help="directory for traces, sweep.csv and sweep.png (default: runs/<split>)")
+    p.add_argument("--out", default=None, help="directory for traces, sweep.csv and sweep.png "
+                   "(default: runs/<split>, under $TRIM_RUNS_DIR if set)")
     p.set_defaults(func=cmd_sweep)
 
     p = sub.add_parser("calibrate", help="pick the threshold k that spends a target share of strong-only's tokens")

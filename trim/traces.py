@@ -34,6 +34,11 @@ if TYPE_CHECKING:
     import pandas as pd
 
 
+def runs_dir(*parts: str) -> Path:
+    """Where runs keep their traces: `$TRIM_RUNS_DIR` (on Colab, a mounted Drive: `trim.colab`) or ./runs."""
+    return Path(os.environ.get("TRIM_RUNS_DIR") or "runs", *parts)
+
+
 class TraceError(ValueError):
     """A trace file that cannot be read, resumed or written; the message names the file and line."""
 

@@ -5,7 +5,16 @@ the *completions* endpoint, as the official release does: the server continues t
 instead of opening a new one. By default the prompt travels as token ids, so the server runs exactly
 the tokens the transformers and vLLM backends would; `prompt_format="text"` sends the text for servers
 that only take strings. Requests run concurrently, each with its own seed (`request_seed`, as every
-backend derives it), a timeout, and retries with exponential backoff (the `openai` client's own).
+backend derives it).
+
+**One deadline per request.** `timeout` bounds a request from its first byte sent to its last byte
+read, retries included. HTTP clients time each socket read separately (the `openai` client too, whose
+retries then multiply that), so a server that trickles a byte a second, or never answers, would hang
+a run; here the body is read in chunks against the deadline, and every socket wait is at most what is
+left of it. Connection failures, 408, 429 and 5xx are retried with exponential backoff while time is
+left. Every other failure is one `ServerError` that names the server and the request: an HTTP error
+with the server's message, a body that is not JSON, a reply with no choices, no text or no `usage`
+(a reply without token counts would silently cost nothing).
 
 At start the server is asked which models it serves, so a server that is down or serves another model
 fails at once with a message that says so; the first batch checks that the server honours seeds
@@ -14,6 +23,8 @@ irreproducible and breaks the caches' promise that a prefix always gets the same
 
 from __future__ import annotations
 
+import json
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Sequence
@@ -21,17 +32,23 @@ from typing import Sequence
 from trim.backends.prompts import chat_prompt, load_tokenizer
 from trim.protocols import STEP_DELIMITER, SamplingParams, StepProposal, StepRequest, request_seed
 
+RETRY_STATUS = {408, 429, 500, 502, 503, 504}
+
 
 class ServerError(ConnectionError):
-    """The server is unreachable, serves another model, or breaks a promise the engine relies on."""
+    """The server is unreachable, too slow, serves another model, or answers what the engine cannot use."""
 
 
-def _client(base_url: str, api_key: str, timeout: float, retries: int):
+class _Retry(Exception):
+    """A failure worth another try while the deadline allows (connection lost, 408, 429, 5xx)."""
+
+
+def _httpx():
     try:
-        import openai
+        import httpx
     except ImportError:
-        raise ImportError("the OpenAI-compatible backend needs the `openai` package: pip install openai") from None
-    return openai, openai.OpenAI(base_url=base_url, api_key=api_key, timeout=timeout, max_retries=retries)
+        raise ImportError("the OpenAI-compatible backend needs `httpx`: pip install httpx") from None
+    return httpx
 
 
 class OpenAICompletionsGenerator:
@@ -43,24 +60,87 @@ class OpenAICompletionsGenerator:
                  check_seeds: bool = True):
         if prompt_format not in ("tokens", "text"):
             raise ValueError(f"prompt_format must be 'tokens' or 'text', got {prompt_format!r}")
+        if not timeout > 0 or retries < 0:
+            raise ValueError(f"timeout must be positive and retries at least 0, got {timeout} and {retries}")
         self.base_url, self.model = base_url.rstrip("/"), model
         self.name = name or model.rstrip("/").split("/")[-1]
         self.sampling, self.seed, self.system_prompt = sampling, seed, system_prompt
         self.concurrency, self.prompt_format = concurrency, prompt_format
+        self.timeout, self.retries = timeout, retries
         self.tokenizer = load_tokenizer(tokenizer) if isinstance(tokenizer, (str, Path)) else tokenizer
-        self._openai, self.client = _client(self.base_url, api_key, timeout, retries)
+        self._http = _httpx()
+        self.client = self._http.Client(headers={"Authorization": f"Bearer {api_key}"},
+                                        limits=self._http.Limits(max_connections=concurrency))
         self._seeds_checked = not check_seeds or sampling.temperature == 0  # greedy needs no seed
         served = self._served_models()
         if model not in served:
             raise ServerError(f"the server at {self.base_url} serves {', '.join(served) or 'no model'}, not "
                               f"{model!r}; pass one of those names (vLLM: the --served-model-name or model path)")
 
+    # ---- HTTP: one deadline per request, retries inside it ----
+
+    def _request(self, method: str, path: str, what: str, payload: dict | None = None) -> dict:
+        """The JSON reply to one request, within `timeout` seconds in all; `ServerError` naming `what` if not."""
+        start = time.monotonic()
+        deadline, attempt = start + self.timeout, 0
+        while True:
+            try:
+                return self._attempt(method, path, what, payload, deadline)
+            except _Retry as error:
+                attempt += 1
+                pause = min(0.5 * 2 ** (attempt - 1), 8.0)
+                if attempt > self.retries or time.monotonic() + pause >= deadline:
+                    tries = f"{attempt} {'try' if attempt == 1 else 'tries'}"
+                    raise ServerError(f"{self.base_url}: {what} failed ({tries} in {time.monotonic() - start:.1f} s"
+                                      f" of the {self.timeout:g} s allowed): {error}") from None
+                time.sleep(pause)
+
+    def _attempt(self, method: str, path: str, what: str, payload: dict | None, deadline: float) -> dict:
+        http = self._http
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise ServerError(f"{self.base_url}: {what} ran out of its {self.timeout:g} s")
+        try:
+            with self.client.stream(method, f"{self.base_url}{path}", json=payload,
+                                    timeout=http.Timeout(left)) as response:
+                body = bytearray()
+                for chunk in response.iter_bytes():
+                    body += chunk
+                    if time.monotonic() > deadline:
+                        raise ServerError(f"{self.base_url}: {what} took longer than the {self.timeout:g} s allowed "
+                                          f"(the reply was still arriving, {len(body)} bytes so far); raise "
+                                          "`timeout` if the server is merely slow")
+        except http.TimeoutException:
+            raise ServerError(f"{self.base_url}: {what} got no complete reply within the {self.timeout:g} s allowed; "
+                              "is the server overloaded or stuck? (raise `timeout` if it is merely slow)") from None
+        except http.TransportError as error:  # refused, reset, DNS: the server may be restarting
+            raise _Retry(f"{type(error).__name__}: {error}") from None
+        text = body.decode("utf-8", errors="replace")
+        if response.status_code in RETRY_STATUS:
+            raise _Retry(f"HTTP {response.status_code}: {text[:300]}")
+        if response.status_code >= 400:
+            raise ServerError(f"{self.base_url}: {what} was refused with HTTP {response.status_code}: {text[:500]}")
+        try:
+            reply = json.loads(text)
+        except ValueError:
+            raise ServerError(f"{self.base_url}: {what} got a reply that is not JSON: {text[:200]!r}") from None
+        if not isinstance(reply, dict):
+            raise ServerError(f"{self.base_url}: {what} got JSON that is not an object: {text[:200]!r}")
+        return reply
+
     def _served_models(self) -> list[str]:
         try:
-            return [m.id for m in self.client.models.list().data]
-        except self._openai.APIConnectionError as error:
-            raise ServerError(f"no OpenAI-compatible server answers at {self.base_url} ({error.__cause__ or error}); "
-                              "start one (e.g. `vllm serve <model dir> --port 8000`) or fix the URL") from None
+            reply = self._request("GET", "/models", "listing the served models")
+        except ServerError as error:
+            raise ServerError(f"no OpenAI-compatible server answers at {self.base_url} ({error}); start one (e.g. "
+                              "`vllm serve <model dir> --port 8000`) or fix the URL") from None
+        data = reply.get("data")
+        if not isinstance(data, list) or not all(isinstance(m, dict) and "id" in m for m in data):
+            raise ServerError(f"{self.base_url}/models did not list models as an OpenAI-compatible server does: "
+                              f"{json.dumps(reply)[:200]}")
+        return [m["id"] for m in data]
+
+    # ---- completions ----
 
     def prompt(self, request: StepRequest) -> str:
         return chat_prompt(self.tokenizer, request.question, request.steps, self.system_prompt)
@@ -71,26 +151,30 @@ class OpenAICompletionsGenerator:
         s = self.sampling
         text = self.prompt(request)
         prompt = self.tokenizer(text, add_special_tokens=False).input_ids if self.prompt_format == "tokens" else text
-        extra = {"skip_special_tokens": True}
+        payload = {"model": self.model, "prompt": prompt, "max_tokens": max_tokens or s.max_step_tokens,
+                   "temperature": s.temperature, "top_p": s.top_p, "stop": [STEP_DELIMITER],
+                   "seed": request_seed(self.seed, self.name, request) % 2**63 if seed is None else seed,
+                   "skip_special_tokens": True}
         if s.top_k > 0:
-            extra["top_k"] = s.top_k
-        try:
-            response = self.client.completions.create(
-                model=self.model, prompt=prompt, max_tokens=max_tokens or s.max_step_tokens,
-                temperature=s.temperature, top_p=s.top_p, stop=[STEP_DELIMITER],
-                seed=request_seed(self.seed, self.name, request) % 2**63 if seed is None else seed,
-                extra_body=extra)
-        except self._openai.APIConnectionError as error:
-            raise ServerError(f"lost the server at {self.base_url} ({error.__cause__ or error})") from None
-        except self._openai.NotFoundError as error:
-            raise ServerError(f"the server at {self.base_url} does not know model {self.model!r}: {error}") from None
-        choice = response.choices[0]
+            payload["top_k"] = s.top_k
+        what = f"the completion of problem {request.problem_id!r}, step {len(request.steps) + 1}"
+        reply = self._request("POST", "/completions", what, payload)
+        choices = reply.get("choices")
+        if not isinstance(choices, list) or not choices or not isinstance(choices[0], dict):
+            raise ServerError(f"{self.base_url}: {what} came back without choices: {json.dumps(reply)[:300]}")
+        choice = choices[0]
+        if not isinstance(choice.get("text"), str):
+            raise ServerError(f"{self.base_url}: {what} came back with no text (text={choice.get('text')!r})")
+        usage = reply.get("usage")
+        tokens = usage.get("completion_tokens") if isinstance(usage, dict) else None
+        if not isinstance(tokens, int) or tokens < 0:
+            raise ServerError(f"{self.base_url}: {what} came back without usage.completion_tokens (usage={usage!r}):"
+                              " the step's cost would be unknown; use a server that reports usage (vLLM does)")
         # vLLM reports the matched stop string in `stop_reason`; None with "stop" is the model's end of text.
-        stop_reason = getattr(choice, "stop_reason", STEP_DELIMITER)
-        return StepProposal(text=choice.text.split(STEP_DELIMITER)[0].strip(),
-                            tokens=response.usage.completion_tokens if response.usage else 0,
-                            finished=choice.finish_reason == "stop" and stop_reason is None,
-                            truncated=choice.finish_reason == "length")
+        stop_reason = choice.get("stop_reason", STEP_DELIMITER)
+        finish = choice.get("finish_reason")
+        return StepProposal(text=choice["text"].split(STEP_DELIMITER)[0].strip(), tokens=tokens,
+                            finished=finish == "stop" and stop_reason is None, truncated=finish == "length")
 
     def check_seeds(self, request: StepRequest) -> None:
         """Two requests with one seed must agree; otherwise the server ignores seeds (refused)."""

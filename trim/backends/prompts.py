@@ -15,8 +15,11 @@ from trim.protocols import STEP_DELIMITER
 # were trained without one.
 DEFAULT_INSTRUCTION = "Please reason step by step, and put your final answer within \\boxed{}."
 
-# Qwen2.5-Math-PRM's step separator; the testbed PRM uses the same token.
+# Qwen2.5-Math-PRM's step separator, and the label of its 2-label head that means "this step is correct":
+# its model card (huggingface.co/Qwen/Qwen2.5-Math-PRM-7B) joins steps with "<extra_0>" and reads each
+# step's reward as softmax(logits)[..., 1] at the tag (`make_step_rewards`). The testbed PRM does the same.
 PRM_STEP_TAG = "<extra_0>"
+PRM_CORRECT_LABEL = 1
 
 
 def _messages(question: str, system: str | None) -> list[dict]:

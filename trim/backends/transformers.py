@@ -5,7 +5,6 @@ the directory (and, for Qwen's PRM, `trust_remote_code`) changes."""
 
 from __future__ import annotations
 
-import contextlib
 import warnings
 from functools import cached_property
 from pathlib import Path
@@ -24,7 +23,15 @@ from trim.backends.prefix_cache import (
     length_groups,
     prebuilt_masks,
 )
-from trim.backends.prompts import PRM_STEP_TAG, chat_prompt, fit_to_context, load_tokenizer, prm_text
+from trim.backends.prompts import (
+    PRM_CORRECT_LABEL,
+    PRM_STEP_TAG,
+    chat_prompt,
+    fit_to_context,
+    load_tokenizer,
+    prm_text,
+)
+from trim.progress import quiet_transformers
 from trim.protocols import STEP_DELIMITER, SamplingParams, StepProposal, StepRequest, request_seed
 from trim.sampling import sample_rows
 
@@ -57,19 +64,6 @@ def _weight_files(source: str) -> str:
     return ", ".join(map(str, files)) if files else source
 
 
-@contextlib.contextmanager
-def _quiet_loading():
-    """Silence transformers' load-time warnings: the checks below turn the ones that matter into errors."""
-    from transformers.utils import logging as hf_logging
-
-    level = hf_logging.get_verbosity()
-    hf_logging.set_verbosity_error()
-    try:
-        yield
-    finally:
-        hf_logging.set_verbosity(level)
-
-
 def _load_tokenizer(source: str | Path, **kwargs):
     try:
         tokenizer = load_tokenizer(source, **kwargs)
@@ -93,7 +87,7 @@ def _load_model(loader, source: str, what: str, **kwargs):
     """The model, or an error naming its files; a checkpoint that lacks weights the model needs is refused
     (transformers would initialise them at random with only a warning)."""
     try:
-        with _quiet_loading():
+        with quiet_transformers():
             model, info = loader.from_pretrained(source, output_loading_info=True, **kwargs)
     except Exception as error:  # SafetensorError, OSError, ... from a corrupt or partial checkpoint
         raise ValueError(f"{what}: cannot load the weights {_weight_files(source)} ({_first_line(error)}); the "
@@ -134,7 +128,7 @@ class TransformersGenerator:
                 raise FileNotFoundError(f"generator: no GGUF file {Path(model) / gguf_file}")
             self.tokenizer = _load_tokenizer(model, gguf_file=gguf_file)
             self.model = _load_model(AutoModelForCausalLM, str(model), "generator", gguf_file=gguf_file,
-                                     torch_dtype=dtype).to(self.device).eval()
+                                     dtype=dtype).to(self.device).eval()
             self.context = _context(self.model.config)
             self.prebuilt_masks = prebuilt_masks(self.model)
             return
@@ -145,7 +139,7 @@ class TransformersGenerator:
             raise ValueError(f"generator: the model in {source} is a {', '.join(architectures)}, not a causal "
                              "language model; pass a generator's directory (its config names a *ForCausalLM)")
         self.tokenizer = _load_tokenizer(source)
-        self.model = _load_model(AutoModelForCausalLM, source, "generator", torch_dtype=dtype).to(self.device).eval()
+        self.model = _load_model(AutoModelForCausalLM, source, "generator", dtype=dtype).to(self.device).eval()
         self.context = _context(self.model.config)
         self.prebuilt_masks = prebuilt_masks(self.model)
 
@@ -310,7 +304,7 @@ class StepTagPRM:
             raise ValueError(f"PRM {source}: its head has {config.num_labels} label(s); a step-tag PRM reads "
                              "P(correct) as label 1 of a 2-label head")
         loader = AutoModel if trust_remote_code else AutoModelForTokenClassification
-        self.model = _load_model(loader, source, "PRM", torch_dtype=dtype,
+        self.model = _load_model(loader, source, "PRM", dtype=dtype,
                                  trust_remote_code=trust_remote_code).to(self.device).eval()
         self.max_length = max_length or _context(self.model.config) or 4096
         self.prebuilt_masks = prebuilt_masks(self.model, trust_remote_code)
@@ -387,7 +381,7 @@ class StepTagPRM:
                               question, steps, ids, self.max_length)
 
     def _tag_scores(self, logits: torch.Tensor, ids: torch.Tensor) -> list[float]:
-        return torch.softmax(logits.float(), dim=-1)[..., 1][ids == self.step_tag_id].tolist()
+        return torch.softmax(logits.float(), dim=-1)[..., PRM_CORRECT_LABEL][ids == self.step_tag_id].tolist()
 
     @torch.inference_mode()
     def _score_full(self, encoded: list[list[int]], n_steps: list[int]) -> list[list[float]]:

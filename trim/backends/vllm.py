@@ -3,8 +3,10 @@
 Both render prompts with the shared code (`trim.backends.prompts`) and hand vLLM token ids, so the
 model sees exactly what the transformers backend feeds it. Each request carries its own seed, derived
 as every backend derives it (`trim.protocols.request_seed`), so a step depends on its prefix only and
-never on the batch it was decoded in. Prefix caching does the work that re-sending each problem's
-growing prompt would otherwise repeat.
+never on the batch it was decoded in. The generators' engines cache prefixes, which does the work
+that re-sending each problem's growing prompt would otherwise repeat. The PRM's engine does not: vLLM
+serves `token_classify` pooling requests without its prefix cache, so every PRM call reads its whole
+input again (the transformers `StepTagPRM` keeps each prefix's K/V between calls instead).
 
 vLLM's APIs for pooling models changed often (`--task` became `--runner`, `LLM.reward` gave way to
 `LLM.encode(..., pooling_task="token_classify")`), so the version is pinned in the GPU extra and checked
@@ -18,7 +20,14 @@ import warnings
 from pathlib import Path
 from typing import Sequence
 
-from trim.backends.prompts import PRM_STEP_TAG, chat_prompt, fit_to_context, load_tokenizer, prm_text
+from trim.backends.prompts import (
+    PRM_CORRECT_LABEL,
+    PRM_STEP_TAG,
+    chat_prompt,
+    fit_to_context,
+    load_tokenizer,
+    prm_text,
+)
 from trim.protocols import STEP_DELIMITER, SamplingParams, StepProposal, StepRequest, request_seed
 
 # The vLLM versions this module is written against (the offline API, `runner="pooling"`, STEP pooling).
@@ -178,6 +187,6 @@ class VLLMStepTagPRM:
             if probabilities.shape[0] != tags or tags > len(prefix):
                 raise RuntimeError(f"{self.name}: {probabilities.shape[0]} scores for {tags} step tags "
                                    f"({len(prefix)} steps); is this a step-tag PRM with STEP pooling?")
-            scores = [float(p) for p in probabilities[:, 1].tolist()]
+            scores = [float(p) for p in probabilities[:, PRM_CORRECT_LABEL].tolist()]
             result.append([math.nan] * (len(prefix) - tags) + scores)
         return result

@@ -61,3 +61,17 @@ def export_prm_for_vllm(source: str | Path, target: str | Path) -> Path:
         if (source / name).is_file():
             shutil.copy(source / name, target / name)
     return target
+
+
+def engine_args() -> dict:
+    """vLLM engine arguments for the testbed's tiny models (float32, eager, as the CPU build needs).
+
+    On a GPU each engine takes a small share of the card: vLLM's default of 90% would leave the next
+    engine (the tests start three and a server) nothing. On a CPU the share means CPU memory, which the
+    CPU build sizes from VLLM_CPU_KVCACHE_SPACE instead, so it is left alone there."""
+    from vllm.platforms import current_platform
+
+    args = dict(dtype="float32", enforce_eager=True)
+    if not current_platform.is_cpu():
+        args["gpu_memory_utilization"] = 0.15
+    return args
