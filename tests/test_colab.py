@@ -37,7 +37,10 @@ def test_chapters_that_run_vllm_install_the_gpu_extra():
     assert extras["01_cascading_failures"] is None
 
 
-def test_the_repository_address_is_written_once():
+def test_the_repository_address_is_written_once(tmp_path):
+    config = tmp_path / "_config.yml"
+    config.write_text("title: x\nrepository:\n  url: https://github.com/a/b\n\n  branch: dev\nhtml:\n  x: 1\n")
+    assert (colab._repository("url", config), colab._repository("branch", config)) == ("https://github.com/a/b", "dev")
     url = colab.repository_url()
     assert url.startswith("https://github.com/")
     owner_repo = url.removeprefix("https://github.com/")
@@ -112,12 +115,25 @@ def test_setup_installs_with_the_command_ci_checks_and_asks_for_a_restart_when_p
         colab.setup(source=str(tmp_path), run=fake_run())
 
 
-def test_setup_checks_the_gpu_before_installing_anything(tmp_path, monkeypatch):
+def test_setup_checks_the_gpu_before_installing_anything(tmp_path, monkeypatch, capsys):
     calls = []
     monkeypatch.setattr(colab, "installed", lambda extra: False)
     with pytest.raises(colab.SetupError, match="CUDA 12.4"):
         colab.setup(extra="gpu", source=str(tmp_path), run=fake_run(stdout=NVIDIA_SMI, calls=calls))
     assert calls == [["nvidia-smi"]]
+    # No GPU at all: the chapter's CPU cells still run, so the library goes in without vLLM, with a notice.
+    calls.clear()
+    colab.setup(extra="gpu", source=str(tmp_path), run=fake_run(stdout="missing", calls=calls))
+    assert calls[1] == [sys.executable, "-m", *colab.install_command(str(tmp_path), None)]
+    assert "installing the library without vLLM" in capsys.readouterr().out
+
+
+def test_once_vllm_is_installed_the_cell_runs_again_on_any_driver(tmp_path, monkeypatch, capsys):
+    """After the CUDA 12.9 build was installed by hand on an old driver, rerunning the cell must go on."""
+    calls = []
+    monkeypatch.setattr(colab, "installed", lambda extra: True)
+    colab.setup(extra="gpu", source=str(tmp_path), run=fake_run(stdout=NVIDIA_SMI, calls=calls))
+    assert calls == [] and "nothing to install" in capsys.readouterr().out
 
 
 def test_traces_can_go_to_a_mounted_drive(tmp_path, monkeypatch, capsys):
@@ -126,7 +142,7 @@ def test_traces_can_go_to_a_mounted_drive(tmp_path, monkeypatch, capsys):
     mounted = []
     monkeypatch.setattr(colab, "installed", lambda extra: True)
     monkeypatch.setattr(colab, "DRIVE_RUNS", str(tmp_path / "drive" / "runs"))
-    monkeypatch.delenv("TRIM_RUNS_DIR", raising=False)
+    monkeypatch.setenv("TRIM_RUNS_DIR", "")  # registers the variable for undoing: setup sets it for real
     assert runs_dir("colab-t4") == Path("runs/colab-t4")
     colab.setup(keep_traces_on_drive=True, mount=mounted.append)
     assert mounted == ["/content/drive"] and (tmp_path / "drive" / "runs").is_dir()

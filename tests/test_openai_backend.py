@@ -35,7 +35,7 @@ def reply(**changes) -> dict:
 
 
 class Handler(BaseHTTPRequestHandler):
-    calls: dict = {}
+    calls: dict = {}               # per mode; fresh for each module run (the `server` fixture)
     stop = threading.Event()
 
     def _send(self, status: int, body: bytes, length: int | None = None) -> None:
@@ -51,6 +51,9 @@ class Handler(BaseHTTPRequestHandler):
     def do_GET(self):  # noqa: N802 (http.server's name)
         if self.path.startswith("/silent-all/"):
             self.stop.wait(60)
+            return
+        if not self.path.endswith("/v1/models"):
+            self._json({"detail": "Not Found"}, 404)
             return
         self._json({"object": "list", "data": [{"id": "fake", "object": "model"}]})
 
@@ -72,6 +75,10 @@ class Handler(BaseHTTPRequestHandler):
                 self.wfile.flush()
         elif mode == "silent":
             self.stop.wait(60)
+        elif mode == "late":  # headers after 1.5 s, then nothing
+            if not self.stop.wait(1.5):
+                self._send(200, b"", length=100)
+                self.stop.wait(60)
         elif mode == "http500":
             self._json({"error": "engine dead"}, status=500)
         elif mode == "flaky":  # one 503, then a good reply
@@ -91,10 +98,17 @@ class Handler(BaseHTTPRequestHandler):
         pass
 
 
+class QuietServer(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def handle_error(self, request, client_address):
+        pass  # a client that gave up on a trickling reply: the broken pipe is the point
+
+
 @pytest.fixture(scope="module")
 def server():
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    httpd.daemon_threads = True
+    Handler.calls, Handler.stop = {}, threading.Event()
+    httpd = QuietServer(("127.0.0.1", 0), Handler)
     threading.Thread(target=httpd.serve_forever, daemon=True).start()
     yield lambda mode: f"http://127.0.0.1:{httpd.server_address[1]}/{mode}/v1"
     Handler.stop.set()
@@ -113,13 +127,14 @@ def test_a_good_reply_gives_the_step_and_its_tokens(server):
     assert step.text == "1) 3 + 4 = 7" and step.tokens == 7 and not step.finished and not step.truncated
 
 
-@pytest.mark.parametrize("mode", ["trickle", "silent"])
-def test_one_deadline_bounds_a_request_whose_reply_trickles_or_never_comes(server, mode):
+@pytest.mark.parametrize("mode", ["trickle", "silent", "late"])
+def test_one_deadline_bounds_a_request_whose_reply_trickles_stalls_or_never_comes(server, mode):
+    slow = generator(server(mode), timeout=2, retries=2)
     start = time.monotonic()
-    with pytest.raises(ServerError, match=r"3 s allowed") as caught:
-        generator(server(mode), timeout=3, retries=2).propose([REQUEST])
-    assert time.monotonic() - start < 6  # a byte a second would take 200 s; a silent server, forever
-    assert "127.0.0.1" in str(caught.value)
+    with pytest.raises(ServerError, match=r"no complete reply within the 2 s allowed") as caught:
+        slow.propose([REQUEST])
+    assert time.monotonic() - start < 2.5  # a byte a second would take 200 s; a silent server, forever
+    assert "127.0.0.1" in str(caught.value) and "problem 'p7', step 2" in str(caught.value)
 
 
 def test_a_silent_server_fails_at_start_within_the_deadline(server):
@@ -131,6 +146,7 @@ def test_a_silent_server_fails_at_start_within_the_deadline(server):
 
 def test_server_errors_are_retried_within_the_deadline_then_named(server):
     assert generator(server("flaky"), retries=1).propose([REQUEST])[0].tokens == 7
+    assert Handler.calls["flaky"] == 2  # the 503, then the retry that succeeded
     before = Handler.calls.get("http500", 0)
     with pytest.raises(ServerError, match=r"problem 'p7', step 2 failed \(3 tries .*HTTP 500: .*engine dead"):
         generator(server("http500"), retries=2).propose([REQUEST])
@@ -164,3 +180,16 @@ def test_a_server_that_ignores_seeds_is_refused(server):
 def test_bad_settings_are_refused_before_any_request():
     with pytest.raises(ValueError, match="timeout must be positive"):
         OpenAICompletionsGenerator("http://127.0.0.1:9/v1", "m", TOKENIZER, timeout=0)
+    with pytest.raises(ValueError, match="must start with http"):
+        OpenAICompletionsGenerator("127.0.0.1:8000/v1", "m", TOKENIZER)
+
+
+def test_a_wrong_path_or_key_is_named_as_such(server):
+    with pytest.raises(ServerError, match=r"HTTP 404.*does the URL end in /v1\?"):
+        generator(server("ok").replace("/v1", "/nowhere"))
+
+
+def test_many_requests_run_concurrently_and_keep_their_order(server):
+    requests = [StepRequest(f"p{i}", "Start at 3.") for i in range(40)]
+    with generator(server("ok"), concurrency=8) as many:
+        assert [s.tokens for s in many.propose(requests)] == [7] * 40

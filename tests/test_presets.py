@@ -162,3 +162,16 @@ def test_colab_t4_starts_its_engines_eager_and_only_gpu_presets_check_memory():
     for preset in presets.PRESETS.values():
         for role in (preset.weak, preset.strong, preset.prm):
             assert (role.weights_gb > 0) == (preset.name in ("colab-t4", "single-gpu", "release"))
+
+
+def test_the_memory_check_reads_the_gpu_each_engine_will_use(monkeypatch):
+    own, placed = presets.Role("m", "vllm"), presets.Role("m", "vllm", gpu=1)
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    assert (presets._physical_gpu(own), presets._physical_gpu(placed)) == (0, 1)
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "2,3")
+    assert (presets._physical_gpu(own), presets._physical_gpu(placed)) == (2, 1)  # `gpu` is physical (_on_gpu)
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "GPU-8a1c2f3e")
+    assert presets._physical_gpu(own) is None  # named by UUID: not mapped, the check is skipped
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+    with pytest.raises(RuntimeError, match="no GPU is visible"):
+        presets._physical_gpu(own)

@@ -90,3 +90,34 @@ def test_bad_router_settings_and_missing_dirs_are_explained(tmp_path):
         AutoMixRouter("oracle")
     with pytest.raises(FileNotFoundError, match="router.json"):
         QueryRouter.load(tmp_path)
+
+
+def test_the_best_query_level_router_is_chosen_among_every_query_level_router_only():
+    import pandas as pd
+
+    from trim import baselines
+
+    table = pd.DataFrame({"dIBC": [2.8, 0.34, 0.45, 0.36, -0.05, 3.0]},
+                         index=["TRIM-Thr", "AutoMix", "AutoMix (belief)", "AutoMix-PRM", "BERT classifier", "RSD"])
+    assert baselines.best_query_router(table) == "AutoMix (belief)"  # step-level rows never count
+    with pytest.raises(ValueError, match="no query-level router"):
+        baselines.best_query_router(table.loc[["TRIM-Thr", "RSD"]])
+
+
+def test_the_shipped_results_name_the_best_query_level_router_they_contain():
+    import re
+    from pathlib import Path
+
+    import pandas as pd
+
+    from trim import baselines
+
+    results = Path(__file__).resolve().parents[1] / "data" / "results"
+    table = pd.read_csv(results / "testbed_test_baselines.csv", index_col=0)
+    best = baselines.best_query_router(table)
+    said = re.search(r"is\s+(.+?): dIBC\(TRIM-Thr\) / dIBC\((.+?)\) = (\d+\.\d+) / (\d+\.\d+) = (\d+\.\d+)",
+                     " ".join((results / "README.md").read_text().split()))
+    assert said and said.group(1) == said.group(2) == best
+    thr, query = table.loc["TRIM-Thr", "dIBC"], table.loc[best, "dIBC"]
+    assert (float(said.group(3)), float(said.group(4)), float(said.group(5))) == (
+        round(thr, 2), round(query, 3), round(thr / query, 1))

@@ -66,6 +66,24 @@ def default_routers(seed: int = 0) -> list[QueryRouter]:
             AutoMixRouter("prm"), AutoMixRouter("prm", meta="belief")]
 
 
+def query_router_names() -> set[str]:
+    """The names of every query-level router the library runs (one model per whole query)."""
+    return {router.name for router in default_routers()}
+
+
+def best_query_router(table: pd.DataFrame, metric: str = "dIBC") -> str:
+    """The book's one definition of "the best query-level router": of the query-level routers in `table` (a
+    `frontier_table` of policies run on the same problems), the one with the highest mean dIBC.
+
+    Every chapter, the CLI and the results compare step-level routing against this router, so a ratio
+    such as dIBC(TRIM-Thr) / dIBC(best query-level router) means the same thing everywhere."""
+    names = [name for name in table.index if name in query_router_names()]
+    if not names:
+        raise ValueError(f"no query-level router in the table (rows: {', '.join(map(str, table.index))}); run them "
+                         "with `baselines.compare`")
+    return str(table.loc[names, metric].astype(float).idxmax())
+
+
 def compare(harness, train: Sequence, validation: Sequence, test: Sequence, step_families: dict[str, pd.DataFrame],
             routers: Sequence[QueryRouter] | None = None) -> tuple[pd.DataFrame, dict[str, pd.DataFrame]]:
     """Fit every router, trace its curve on test, and tabulate CPT/dIBC/APGR beside the step-level families.

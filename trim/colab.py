@@ -6,8 +6,9 @@ copies cannot drift. Outside Colab the cell does nothing. On Colab it clones the
 `_config.yml` (`repository.url`, the one place the address is written) and calls `setup`, which
 
 - for the GPU extra, checks for an NVIDIA GPU and its driver's CUDA version *before* installing vLLM,
-  whose PyPI wheels need CUDA 13 (a Colab driver that is older gets the exact alternative instead);
-- installs the library (`install_command`, the very command CI dry-runs with `.ci/install-check`);
+  whose PyPI wheels need CUDA 13 (a driver that is older gets the exact alternative instead; a runtime
+  without a GPU gets the library without vLLM, so the chapter's CPU cells still run);
+- installs the library (`install_command`, the very command CI dry-runs with `.ci/install_check.py`);
 - says when the session must restart (pip replaced a package this session had already imported);
 - keeps traces on a mounted Google Drive if asked, since a recycled runtime loses `/content`.
 
@@ -47,13 +48,22 @@ class SetupError(SystemExit):
     """Colab setup cannot go on; the message says why and what to do, in one line."""
 
 
-def repository_url(config: Path = REPO_ROOT / "_config.yml") -> str:
-    """`repository.url` from the book's `_config.yml` (read without a YAML library: none is installed yet)."""
-    block = re.search(r"^repository:\s*\n((?:[ \t]+.*\n?)+)", config.read_text(), re.MULTILINE)
-    url = block and re.search(r"^\s+url:\s*(\S+)", block.group(1), re.MULTILINE)
-    if not url:
-        raise ValueError(f"{config}: no repository.url; the Colab cells clone the book from it")
-    return url.group(1).strip("'\"")
+def _repository(key: str, config: Path = REPO_ROOT / "_config.yml") -> str:
+    """`repository.<key>` from the book's `_config.yml` (read without a YAML library: none is installed yet)."""
+    block = re.search(r"^repository:[ \t]*\n((?:[ \t]+.*\n?|[ \t]*\n)+)", config.read_text(), re.MULTILINE)
+    value = block and re.search(rf"^[ \t]+{key}:[ \t]*(\S+)", block.group(1), re.MULTILINE)
+    if not value:
+        raise ValueError(f"{config}: no repository.{key}; the Colab cells clone the book from repository.url "
+                         "and repository.branch")
+    return value.group(1).strip("'\"")
+
+
+def repository_url() -> str:
+    return _repository("url")
+
+
+def repository_branch() -> str:
+    return _repository("branch")
 
 
 def install_command(source: str = CLONE_DIR, extra: str | None = None) -> list[str]:
@@ -64,7 +74,7 @@ def install_command(source: str = CLONE_DIR, extra: str | None = None) -> list[s
 
 def cell_source(extra: str | None = None, url: str | None = None) -> str:
     """The first code cell of a chapter; `extra="gpu"` for chapters whose cells run vLLM."""
-    url = url or repository_url()
+    url, branch = url or repository_url(), repository_branch()
     what = "install the library with its GPU extra (vLLM)" if extra else "install the library"
     call = f'setup(extra="{extra}", keep_traces_on_drive=False)' if extra else "setup(keep_traces_on_drive=False)"
     return f'''# On Colab: fetch the book's code and testbed models, {what}.
@@ -73,10 +83,10 @@ import sys
 
 if "google.colab" in sys.modules:
     import os, subprocess
-    REPO = "{url}"  # _config.yml: repository.url
+    REPO, BRANCH = "{url}", "{branch}"  # _config.yml: repository.url, .branch
     if not os.path.isdir("{CLONE_DIR}/trim"):
-        clone = subprocess.run(["git", "clone", "-q", "--depth", "1", REPO, "{CLONE_DIR}"], capture_output=True,
-                               text=True, env={{**os.environ, "GIT_TERMINAL_PROMPT": "0"}})
+        clone = subprocess.run(["git", "clone", "-q", "--depth", "1", "--branch", BRANCH, REPO, "{CLONE_DIR}"],
+                               capture_output=True, text=True, env={{**os.environ, "GIT_TERMINAL_PROMPT": "0"}})
         if clone.returncode:
             raise SystemExit(f"could not clone {{REPO}} ({{(clone.stderr.strip() or 'git failed').splitlines()[-1]}}): "
                              "set REPO in this cell to a copy of the book you can reach, then run it again")
@@ -108,7 +118,7 @@ def notebook_extra(cells: list[dict]) -> str | None:
 def colab_badge(notebook: Path, url: str | None = None) -> str:
     owner_repo = re.sub(r"^https://github\.com/|\.git$", "", url or repository_url())
     path = notebook.resolve().relative_to(REPO_ROOT).as_posix()
-    return f"https://colab.research.google.com/github/{owner_repo}/blob/main/{path}"
+    return f"https://colab.research.google.com/github/{owner_repo}/blob/{repository_branch()}/{path}"
 
 
 BADGE = re.compile(r"https://colab\.research\.google\.com/github/[^)\s]+\.ipynb")
@@ -202,7 +212,7 @@ def _version(dist: str) -> str | None:
 
 
 def runs_on_drive(mount=None) -> str:
-    """Mount Google Drive and send traces there (`TRIM_RUNS_DIR`, read by `trim.experiment.runs_dir`)."""
+    """Mount Google Drive and send traces there (`TRIM_RUNS_DIR`, read by `trim.traces.runs_dir`)."""
     if mount is None:
         from google.colab import drive
 
@@ -216,8 +226,15 @@ def runs_on_drive(mount=None) -> str:
 def setup(extra: str | None = None, keep_traces_on_drive: bool = False, source: str = CLONE_DIR,
           run=subprocess.run, mount=None) -> None:
     """Check the runtime, install the library from `source`, and say what happens next (see the module doc)."""
-    if extra == "gpu":
-        check_gpu(driver_cuda(run), source)
+    if extra == "gpu" and not installed(extra):
+        cuda = driver_cuda(run)
+        if cuda is None:
+            print("no NVIDIA GPU in this runtime: installing the library without vLLM, so the cells that load a "
+                  "GPU preset will not run (for those: Runtime > Change runtime type > T4 GPU, then run this cell "
+                  "again)")
+            extra = None
+        else:
+            check_gpu(cuda, source)
     if installed(extra):
         print(f"trim is installed{' with vLLM' if extra else ''}; nothing to install")
     else:

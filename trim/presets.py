@@ -19,6 +19,7 @@ from __future__ import annotations
 import dataclasses
 import importlib.util
 import os
+import warnings
 from pathlib import Path
 
 from trim.backends.prompts import DEFAULT_INSTRUCTION
@@ -233,7 +234,7 @@ def memory_problems(preset: Preset, gpus: dict[int, tuple[int, int, str]]) -> li
         need = shares * total / gb + beside
         for name, role in here.items():
             if role.backend == "vllm" and (role.share or 0.9) * total / gb < role.weights_gb + 0.5:
-                problems.append(f"the {name} model's share {role.share} of GPU {index} ({device}, "
+                problems.append(f"the {name} model's share {role.share or 0.9} of GPU {index} ({device}, "
                                 f"{total / gb:.1f} GB) is {(role.share or 0.9) * total / gb:.1f} GB, too small for "
                                 f"its {role.weights_gb} GB of weights and a KV cache")
         if need > free / gb:
@@ -245,21 +246,33 @@ def memory_problems(preset: Preset, gpus: dict[int, tuple[int, int, str]]) -> li
     return problems
 
 
-def _gpu_memory(indices: set[int]) -> dict[int, tuple[int, int, str]]:
-    """(free, total, name) per GPU index, read through NVML (vLLM's dependency nvidia-ml-py), as vLLM does:
-    querying through torch would create a CUDA context here and force vLLM's workers to spawn."""
+def _physical_gpu(role: Role) -> int | None:
+    """The NVML index of the GPU a role's engine will use, or None if CUDA_VISIBLE_DEVICES names devices
+    by UUID (MIG slices, ...), which this check does not map. `_on_gpu` sets a role's `gpu` as a physical
+    index; a role without one gets the first device CUDA_VISIBLE_DEVICES leaves visible."""
+    if role.gpu is not None:
+        return role.gpu
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is None:
+        return 0
+    first = visible.split(",")[0].strip()
+    if first == "":
+        raise RuntimeError("CUDA_VISIBLE_DEVICES is empty: no GPU is visible to this process")
+    return int(first) if first.isdigit() else None
+
+
+def _gpu_memory(physical: dict[int, int]) -> dict[int, tuple[int, int, str]]:
+    """(free, total, name) for each preset GPU index, from its NVML device (vLLM's dependency nvidia-ml-py),
+    as vLLM reads it: querying through torch would create a CUDA context here and make vLLM spawn."""
     import pynvml
 
     pynvml.nvmlInit()
     try:
-        count = pynvml.nvmlDeviceGetCount()
-        visible = [v for v in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if v.strip().isdigit()]
-        result = {}
-        for index in indices:
-            physical = int(visible[index]) if index < len(visible) else index
-            if physical >= count:
-                raise RuntimeError(f"GPU {index} does not exist: this machine has {count}")
-            handle = pynvml.nvmlDeviceGetHandleByIndex(physical)
+        count, result = pynvml.nvmlDeviceGetCount(), {}
+        for index, device in physical.items():
+            if device >= count:
+                raise RuntimeError(f"GPU {device} does not exist: this machine has {count}")
+            handle = pynvml.nvmlDeviceGetHandleByIndex(device)
             info, name = pynvml.nvmlDeviceGetMemoryInfo(handle), pynvml.nvmlDeviceGetName(handle)
             result[index] = (int(info.free), int(info.total), name.decode() if isinstance(name, bytes) else name)
         return result
@@ -268,9 +281,14 @@ def _gpu_memory(indices: set[int]) -> dict[int, tuple[int, int, str]]:
 
 
 def _check_gpu_memory(preset: Preset) -> None:
-    indices = {role.gpu or 0 for role in (preset.weak, preset.strong, preset.prm)}
+    roles = (preset.weak, preset.strong, preset.prm)
+    physical = {role.gpu or 0: _physical_gpu(role) for role in roles}
+    if None in physical.values():
+        warnings.warn(f"preset {preset.name}: CUDA_VISIBLE_DEVICES names devices by UUID; the memory check is "
+                      "skipped (vLLM will still refuse a share that is not free)", stacklevel=3)
+        return
     try:
-        gpus = _gpu_memory(indices)
+        gpus = _gpu_memory(physical)
     except ImportError:
         raise ImportError(f"preset {preset.name} needs vLLM and a GPU; install the GPU extra (`pip install -e "
                           "\".[gpu]\"`)") from None
