@@ -110,3 +110,13 @@ def test_summarize_counts_tokens_per_query():
     s = summarize(records)
     assert s["accuracy"] == 0.5 and s["strong_tokens"] == 5 and s["weak_tokens"] == 25
     assert s["discarded_tokens"] == 2.5 and s["regenerated_share"] == pytest.approx(1 / 6)
+
+
+def test_metrics_take_a_sweep_table_as_well_as_points():
+    import pandas as pd
+
+    ends = Endpoints(0.40, 0.80, 100.0)
+    points = [(20.0, 0.52), (40.0, 0.64), (60.0, 0.74)]
+    table = pd.DataFrame(points, columns=["strong_tokens", "accuracy"])
+    assert cpt(table, ends, 50) == cpt(points, ends, 50)
+    assert apgr(table, ends) == apgr(points, ends)

@@ -175,3 +175,11 @@ def test_the_memory_check_reads_the_gpu_each_engine_will_use(monkeypatch):
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
     with pytest.raises(RuntimeError, match="no GPU is visible"):
         presets._physical_gpu(own)
+
+
+def test_a_gpu_cell_stops_in_one_line_where_the_preset_cannot_run():
+    presets.require("testbed")  # CPU presets run anywhere
+    with pytest.raises(presets.Unavailable) as stop:
+        presets.require("colab-t4")  # this venv has no vLLM (and this machine no GPU)
+    assert str(stop.value).startswith("preset colab-t4 needs vLLM, and vLLM is not installed")
+    assert "pip install -e .[gpu]" in str(stop.value) and "\n" not in str(stop.value)

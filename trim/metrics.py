@@ -15,7 +15,7 @@ two endpoints: weak-only (accuracy P_w, cost 0) and strong-only (accuracy P_s, c
 from __future__ import annotations
 
 import dataclasses
-from typing import Iterable, Sequence
+from typing import Sequence
 
 import numpy as np
 import pandas as pd
@@ -51,11 +51,19 @@ def pgr(accuracy: float, ends: Endpoints) -> float:
     return (accuracy - ends.weak_accuracy) / (ends.strong_accuracy - ends.weak_accuracy)
 
 
-def pareto_frontier(points: Iterable[tuple[float, float]], ends: Endpoints | None = None) -> np.ndarray:
+def as_points(points) -> list[tuple[float, float]]:
+    """(strong tokens per query, accuracy) pairs from a list of them or a sweep table with those columns."""
+    if isinstance(points, pd.DataFrame):
+        return list(zip(points["strong_tokens"], points["accuracy"])) if len(points) else []
+    return list(points)
+
+
+def pareto_frontier(points, ends: Endpoints | None = None) -> np.ndarray:
     """Non-dominated (cost, accuracy) points sorted by cost, each more accurate than every cheaper one.
 
-    With `ends`, the weak-only and strong-only endpoints join the frontier: any router can buy them."""
-    pts = list(points)
+    `points` is a list of (cost, accuracy) pairs or a sweep table (`as_points`). With `ends`, the
+    weak-only and strong-only endpoints join the frontier: any router can buy them."""
+    pts = as_points(points)
     if ends is not None:
         pts += [(0.0, ends.weak_accuracy), (ends.strong_cost, ends.strong_accuracy)]
     pts = sorted(pts, key=lambda p: (p[0], -p[1]))
@@ -126,8 +134,7 @@ def frontier_table(families: dict[str, Sequence[tuple[float, float]] | pd.DataFr
     columns (`strong_tokens`, `accuracy`); empty families are left out."""
     rows = []
     for name, points in families.items():
-        if isinstance(points, pd.DataFrame):
-            points = list(zip(points["strong_tokens"], points["accuracy"])) if len(points) else []
+        points = as_points(points)
         if not len(points):
             continue
         rows.append({"policy": name, "CPT(50%)": cpt(points, ends, 50), "CPT(80%)": cpt(points, ends, 80),

@@ -302,6 +302,37 @@ def _check_gpu_memory(preset: Preset) -> None:
                            "loaded) or choose a smaller preset (presets.table())")
 
 
+class Unavailable(SystemExit):
+    """A preset cannot run here (no GPU, no vLLM): one line, and a notebook stops at the cell that needs it."""
+
+
+def require(name: str) -> None:
+    """Stop, in one line that names what is missing, unless this machine can run the preset.
+
+    The chapters' GPU cells start with it, so that on a CPU runtime they fail at once and plainly
+    instead of deep inside vLLM."""
+    preset = PRESETS[name]
+    if not _uses_vllm(preset):
+        return
+    from trim.backends.vllm import check_vllm
+
+    try:
+        check_vllm()
+    except ImportError as error:
+        raise Unavailable(f"preset {name} needs vLLM, and {error}") from None
+    try:
+        import pynvml
+
+        pynvml.nvmlInit()
+        count = pynvml.nvmlDeviceGetCount()
+        pynvml.nvmlShutdown()
+    except Exception:  # no driver, no NVML
+        count = 0
+    if not count:
+        raise Unavailable(f"preset {name} needs a CUDA GPU ({preset.hardware}) and this machine has none; on "
+                          "Colab: Runtime > Change runtime type > T4 GPU, then run the first cell again")
+
+
 # GPU presets loaded in this process: (name, seed) -> (weak, strong, prm), so that re-running a loading cell
 # returns the engines already on the GPU.
 _LOADED: dict[tuple[str, int], tuple] = {}
