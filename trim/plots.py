@@ -9,6 +9,9 @@ import pandas as pd
 
 from trim.metrics import Endpoints
 
+LINE_STYLES = ("-", (0, (5, 2)), (0, (3, 1, 1, 1)), (0, (1, 1)))
+MARKERS = ("o", "s", "D", "^", "v", "P")
+
 
 def accuracy_cost(curves: Mapping[str, pd.DataFrame], ends: Endpoints, ax=None, title: str | None = None,
                   highlight: tuple[str, ...] = ("TRIM", "RSD")):
@@ -21,12 +24,20 @@ def accuracy_cost(curves: Mapping[str, pd.DataFrame], ends: Endpoints, ax=None, 
 
     if ax is None:
         _, ax = plt.subplots(figsize=(7, 4.5))
-    for name, table in curves.items():
+    for index, (name, table) in enumerate(curves.items()):
         if table.empty:
             continue
         ordered = table.sort_values("strong_tokens")
-        ax.plot(ordered["strong_tokens"], ordered["accuracy"], "-" if len(ordered) > 3 else "o", label=name,
-                lw=2.4 if name.startswith(highlight) else 1.2)
+        bold = name.startswith(highlight)
+        # Colour and line style both change from one family to the next, so that two curves that run on top
+        # of each other (a router and its variant) stay told apart.
+        style = dict(color=f"C{index % 10}", lw=2.4 if bold else 1.3, label=name)
+        if len(ordered) > 3:
+            ax.plot(ordered["strong_tokens"], ordered["accuracy"], ls=LINE_STYLES[index % len(LINE_STYLES)],
+                    **style)
+        else:
+            ax.plot(ordered["strong_tokens"], ordered["accuracy"], MARKERS[index % len(MARKERS)], ls="none",
+                    ms=6, **style)
     ax.plot([0, ends.strong_cost], [ends.weak_accuracy, ends.strong_accuracy], "k--", lw=1,
             label="weak-only to strong-only")
     ax.plot([0, ends.strong_cost], [ends.weak_accuracy, ends.strong_accuracy], "ks", ms=5)

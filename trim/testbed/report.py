@@ -122,33 +122,39 @@ def state_histograms(scores: np.ndarray, states: np.ndarray) -> dict[str, list[i
 
 
 def state_histogram_figure(histograms: dict[str, list[int]], title: str | None = None):
-    """The testbed PRM's score histogram per hidden state beside the real PRM's marginals (DESIGN 3.1):
-    bars per 0.05 bin, and the mass in [0, 0.1), [0.1, 0.5), [0.5, 0.9), [0.9, 1] for both PRMs."""
+    """The testbed PRM's scores per hidden state beside the real PRM's (DESIGN 3.1), in two rows that
+    cannot be mixed up: above, the testbed PRM's share of steps per 0.05 bin; below, both PRMs' share of
+    steps in each of the four intervals the real PRM's marginals are known for."""
     import matplotlib.pyplot as plt
 
     from trim.testbed.reference import REAL_PRM_BINS
 
-    fig, axes = plt.subplots(1, 3, figsize=(12, 3.4), sharey=True)
+    fig, axes = plt.subplots(2, 3, figsize=(12, 5.6), sharey="row", gridspec_kw={"height_ratios": [1, 1]})
     names = {"S0": "S0: all steps so far correct", "S1": "S1: an earlier step wrong",
              "S2": "S2: this step is the first error"}
     edges = np.linspace(0, 1, HISTOGRAM_BINS + 1)
-    for ax, state in zip(axes, ("S0", "S1", "S2")):
+    intervals = [f"[{a:g}, {b:g}{']' if b == 1 else ')'}" for a, b in zip(REAL_PRM_BINS[:-1], REAL_PRM_BINS[1:])]
+    at = np.arange(len(intervals))
+    for column, state in enumerate(("S0", "S1", "S2")):
+        top, bottom = axes[0, column], axes[1, column]
         counts = np.array(histograms[state], dtype=float)
-        ax.bar(edges[:-1], counts / counts.sum(), width=np.diff(edges), align="edge", alpha=0.6,
-               label="testbed PRM (per 0.05 bin)")
-        masses = real_prm_bin_masses(state)
-        testbed_masses = [counts[(edges[:-1] >= a - 1e-9) & (edges[:-1] < b - 1e-9)].sum() / counts.sum()
-                          for a, b in zip(REAL_PRM_BINS[:-1], REAL_PRM_BINS[1:])]
-        mids = [(a + b) / 2 for a, b in zip(REAL_PRM_BINS[:-1], REAL_PRM_BINS[1:])]
-        ax.plot(mids, masses, "o-", color="C3", label="real Qwen2.5-Math-PRM-7B (mass per interval)")
-        ax.plot(mids, testbed_masses, "s--", color="C0", label="testbed PRM (mass per interval)")
-        ax.set_title(names[state], fontsize=10)
-        ax.set_xlabel("PRM score r_t")
-    axes[0].set_ylabel("share of steps")
-    axes[0].legend(fontsize=7, loc="upper center")
+        top.bar(edges[:-1], counts / counts.sum(), width=np.diff(edges), align="edge", color="C0", alpha=0.7)
+        top.set_title(names[state], fontsize=10)
+        top.set_xlabel("PRM score r_t (bins of 0.05)", fontsize=9)
+        testbed = [counts[(edges[:-1] >= a - 1e-9) & (edges[:-1] < b - 1e-9)].sum() / counts.sum()
+                   for a, b in zip(REAL_PRM_BINS[:-1], REAL_PRM_BINS[1:])]
+        bottom.bar(at - 0.2, testbed, width=0.4, color="C0", label="testbed PRM")
+        bottom.bar(at + 0.2, real_prm_bin_masses(state), width=0.4, color="C3",
+                   label="real Qwen2.5-Math-PRM-7B")
+        bottom.set_xticks(at, intervals, fontsize=9)
+        bottom.set_xlabel("PRM score r_t (interval)", fontsize=9)
+    axes[0, 0].set_ylabel("share of steps\nper 0.05 bin")
+    axes[1, 0].set_ylabel("share of steps\nper interval")
+    handles, labels = axes[1, 0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=2, fontsize=9, frameon=False)
     if title:
         fig.suptitle(title, fontsize=11)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0.05, 1, 1))
     return fig
 
 
