@@ -155,11 +155,8 @@ def driver_cuda(run=subprocess.run) -> tuple[int, int] | None:
     return (int(found.group(1)), int(found.group(2))) if smi.returncode == 0 and found else None
 
 
-def check_gpu(cuda: tuple[int, int] | None, source: str = CLONE_DIR) -> None:
-    """Refuse, with what to do, a runtime on which vLLM's PyPI build cannot run."""
-    if cuda is None:
-        raise SetupError("no NVIDIA GPU in this runtime (nvidia-smi finds none): choose Runtime > Change runtime "
-                         "type > T4 GPU, then run this cell again")
+def check_gpu(cuda: tuple[int, int], source: str = CLONE_DIR) -> None:
+    """Refuse, with what to do, a driver on which vLLM's PyPI build cannot run."""
     if cuda < VLLM_CUDA:
         have, need = ".".join(map(str, cuda)), ".".join(map(str, VLLM_CUDA))
         raise SetupError(f"this runtime's NVIDIA driver supports CUDA {have}, and vLLM {VLLM_VERSION} from PyPI "
