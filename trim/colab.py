@@ -109,8 +109,7 @@ def notebook_extra(cells: list[dict]) -> str | None:
         if cell["cell_type"] != "code":
             continue
         for name in GPU_PRESET_CALL.findall("".join(cell["source"])):
-            preset = PRESETS.get(name)
-            if preset and any(role.backend == "vllm" for role in (preset.weak, preset.strong, preset.prm)):
+            if name in PRESETS and PRESETS[name].uses_vllm:
                 return "gpu"
     return None
 
@@ -167,25 +166,17 @@ def check_gpu(cuda: tuple[int, int], source: str = CLONE_DIR) -> None:
 
 def installed(extra: str | None) -> bool:
     """True if the library (and for the GPU extra, a supported vLLM) is already installed."""
-    try:
-        metadata.version("trim-routing")
-        return extra != "gpu" or metadata.version("vllm").startswith(SUPPORTED_VLLM)
-    except metadata.PackageNotFoundError:
+    if _version("trim-routing") is None:
         return False
+    return extra != "gpu" or (_version("vllm") or "").startswith(SUPPORTED_VLLM)
 
 
 def _loaded_versions() -> dict[str, str]:
     """Installed versions of the distributions whose modules this process has imported."""
     top = {name.split(".")[0] for name in sys.modules}
     owners = metadata.packages_distributions()
-    versions = {}
-    for module in top & set(owners):
-        for dist in owners[module]:
-            try:
-                versions[dist] = metadata.version(dist)
-            except metadata.PackageNotFoundError:
-                pass
-    return versions
+    versions = {dist: _version(dist) for module in top & set(owners) for dist in owners[module]}
+    return {dist: version for dist, version in versions.items() if version is not None}
 
 
 def install(source: str, extra: str | None, run=subprocess.run) -> list[str]:

@@ -39,6 +39,11 @@ class Role:
     options: tuple = ()             # extra keyword arguments for the role's class, as (name, value) pairs
     weights_gb: float = 0.0         # the weights' size in the preset's dtype, for the memory check (GPU roles)
 
+    @property
+    def engine_share(self) -> float:
+        """The share of the GPU a vLLM engine for this role takes: its `share`, else vLLM's default 0.9."""
+        return self.share or 0.9
+
 
 @dataclasses.dataclass(frozen=True)
 class Preset:
@@ -53,6 +58,10 @@ class Preset:
     system_prompt: str | None = DEFAULT_INSTRUCTION
     dtype: str = "bfloat16"
     max_model_len: int = 4096        # Qwen2.5-Math-PRM-7B's context binds the whole trio, as in the release
+
+    @property
+    def uses_vllm(self) -> bool:
+        return any(role.backend == "vllm" for role in (self.weak, self.strong, self.prm))
 
 
 def _smollm2() -> str:
@@ -178,7 +187,7 @@ def _generator(preset: Preset, role_name: str, role: Role, seed: int):
 
         with _on_gpu(role):
             return VLLMGenerator(source, sampling, name=name, seed=seed, system_prompt=preset.system_prompt,
-                                 max_model_len=preset.max_model_len, gpu_memory_utilization=role.share or 0.9,
+                                 max_model_len=preset.max_model_len, gpu_memory_utilization=role.engine_share,
                                  dtype=preset.dtype, **options)
     import torch
 
@@ -199,7 +208,7 @@ def _prm(preset: Preset):
 
         with _on_gpu(role):
             return VLLMStepTagPRM(source, name=name, system_prompt=preset.system_prompt,
-                                  max_model_len=preset.max_model_len, gpu_memory_utilization=role.share or 0.9,
+                                  max_model_len=preset.max_model_len, gpu_memory_utilization=role.engine_share,
                                   dtype=preset.dtype, **options)
     import torch
 
@@ -215,10 +224,6 @@ def _prm(preset: Preset):
                       **options)
 
 
-def _uses_vllm(preset: Preset) -> bool:
-    return any(role.backend == "vllm" for role in (preset.weak, preset.strong, preset.prm))
-
-
 def memory_problems(preset: Preset, gpus: dict[int, tuple[int, int, str]]) -> list[str]:
     """What does not fit: `gpus` maps a GPU index to (free bytes, total bytes, name), as CUDA reports them.
 
@@ -229,13 +234,13 @@ def memory_problems(preset: Preset, gpus: dict[int, tuple[int, int, str]]) -> li
     for index in sorted({role.gpu or 0 for role in roles.values()}):
         free, total, device = gpus[index]
         here = {n: r for n, r in roles.items() if (r.gpu or 0) == index}
-        shares = sum(r.share or 0.9 for r in here.values() if r.backend == "vllm")
+        shares = sum(r.engine_share for r in here.values() if r.backend == "vllm")
         beside = sum(r.weights_gb for r in here.values() if r.backend != "vllm")
         need = shares * total / gb + beside
         for name, role in here.items():
-            if role.backend == "vllm" and (role.share or 0.9) * total / gb < role.weights_gb + 0.5:
-                problems.append(f"the {name} model's share {role.share or 0.9} of GPU {index} ({device}, "
-                                f"{total / gb:.1f} GB) is {(role.share or 0.9) * total / gb:.1f} GB, too small for "
+            if role.backend == "vllm" and role.engine_share * total / gb < role.weights_gb + 0.5:
+                problems.append(f"the {name} model's share {role.engine_share} of GPU {index} ({device}, "
+                                f"{total / gb:.1f} GB) is {role.engine_share * total / gb:.1f} GB, too small for "
                                 f"its {role.weights_gb} GB of weights and a KV cache")
         if need > free / gb:
             parts = f"vLLM shares {shares:.2f} of {total / gb:.1f} GB = {shares * total / gb:.1f} GB"
@@ -312,7 +317,7 @@ def require(name: str) -> None:
     The chapters' GPU cells start with it, so that on a CPU runtime they fail at once and plainly
     instead of deep inside vLLM."""
     preset = PRESETS[name]
-    if not _uses_vllm(preset):
+    if not preset.uses_vllm:
         return
     from trim.backends.vllm import check_vllm
 
@@ -347,9 +352,13 @@ def load(name: str, seed: int = 0):
     if name not in PRESETS:
         raise ValueError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
     preset = PRESETS[name]
-    if not _uses_vllm(preset):
+
+    def trio():
         return (_generator(preset, "weak", preset.weak, seed), _generator(preset, "strong", preset.strong, seed),
                 _prm(preset))
+
+    if not preset.uses_vllm:
+        return trio()
     if (name, seed) in _LOADED:
         return _LOADED[name, seed]
     if _LOADED:
@@ -357,10 +366,8 @@ def load(name: str, seed: int = 0):
         raise RuntimeError(f"preset {other} (seed {other_seed}) already holds the GPU in this session; restart the "
                            f"session (Colab: Runtime > Restart session) to load {name} (seed {seed})")
     _check_gpu_memory(preset)
-    trio = (_generator(preset, "weak", preset.weak, seed), _generator(preset, "strong", preset.strong, seed),
-            _prm(preset))
-    _LOADED[name, seed] = trio
-    return trio
+    _LOADED[name, seed] = trio()
+    return _LOADED[name, seed]
 
 
 def table():
