@@ -127,6 +127,21 @@ def test_a_sweep_side_by_side_routes_as_independent_runs_do(tb, problems):
             assert policy.name == "strong-only"
 
 
+def test_a_harness_with_another_prm_reuses_the_steps_and_routes_as_a_fresh_one(tb, problems):
+    harness = Harness(tb.weak, tb.strong, tb.prm, progress=False)
+    harness.run(problems, Threshold(0.5))
+    oracle = OraclePRM(problems)
+    shared = harness.with_prm(oracle)
+    hits, misses = harness.weak.hits, harness.weak.misses
+    records = shared.run(problems, Threshold(0.5))
+    fresh = Harness(tb.weak, tb.strong, oracle, progress=False).run(problems, Threshold(0.5))
+    assert records == fresh
+    assert all(r["settings"]["prm"] == oracle.name for r in records)
+    # The weak steps come from the first run's cache; only prefixes new to the oracle's routing are decoded.
+    assert harness.weak.hits - hits > 4 * (harness.weak.misses - misses)
+    assert shared.weak is harness.weak and shared.prm.prm is oracle
+
+
 def test_random_matched_follows_the_sweep_rates(tb, problems):
     harness = Harness(tb.weak, tb.strong, tb.prm, progress=False)
     sweep = harness.sweep(problems, threshold_grid(5))

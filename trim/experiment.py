@@ -32,6 +32,16 @@ class Harness:
         self.run_settings, self.progress = run, progress
         self.trace_dir = Path(trace_dir) if trace_dir else None
 
+    def with_prm(self, prm, trace_dir: str | Path | None = None) -> "Harness":
+        """The same generators and the steps they have decoded, judged by another PRM.
+
+        Weak and strong steps depend on the prefix only, never on the PRM, so a PRM counterfactual decodes
+        just the steps its own routing reaches for the first time. Traces go to `trace_dir`, not to this
+        harness's folder: a trace records its PRM, and resuming under another one is refused."""
+        other = Harness(self.weak.generator, self.strong.generator, prm, self.run_settings, trace_dir, self.progress)
+        other.weak, other.strong = self.weak, self.strong
+        return other
+
     def trace_path(self, policy: Policy, tag: str = "") -> Path | None:
         if self.trace_dir is None:
             return None
