@@ -41,6 +41,45 @@ def test_run_writes_resumable_traces_and_metrics_reads_them(capsys, runs):
     assert code == 0 and "TRIM-Thr(k=0.6)" in out and "CPT(95%)" in out
 
 
+def test_run_takes_a_shipped_learned_policy_by_name_and_lambda(capsys, runs):
+    from trim.policies.learned import shipped_lambdas
+
+    for kind, label in (("agg", "TRIM-Agg"), ("seq", "TRIM-Seq")):
+        lambdas = shipped_lambdas(kind)
+        assert len(lambdas) >= 6, f"data/policies/{kind} should ship at least 6 lambdas"
+        code, out, _ = run_cli(capsys, "run", "--policy", kind, "--lam", lambdas[2], *FEW, "--out", runs)
+        summary = json.loads(out)
+        assert code == 0 and summary["policy"] == f"{label}(lambda={lambdas[2]!r})"
+        record = json.loads(open(summary["traces"]).readline())
+        assert record["settings"]["policy_params"]["lambda"] == lambdas[2]
+        assert "weights" in record["settings"]["policy_params"]
+    code, _, err = run_cli(capsys, "run", "--policy", "agg", "--lam", "0.123", *FEW, "--out", runs)
+    assert code == 2 and "no trained agg policy for lambda 0.123" in err and "python -m trim.ppo" in err
+    code, _, err = run_cli(capsys, "run", "--policy", "seq", *FEW, "--out", runs)
+    assert code == 2 and "--lam" in err
+
+
+def test_train_policy_trains_resumes_and_skips_what_is_done(capsys, tmp_path):
+    args = ["train-policy", "--kind", "agg", "--lam", "0.004", "--batches", "2", "--validate-every", "1",
+            "--train-problems", "100", "--validation-problems", "10", "--out", tmp_path, "--quiet"]
+    code, out, _ = run_cli(capsys, *args)
+    folder = tmp_path / "agg" / "lambda-0.004"
+    record = json.loads((folder / "training.json").read_text())
+    assert code == 0 and "TRIM-Agg lambda=0.004: chosen at batch" in out
+    assert record["command"].startswith("trim train-policy --kind agg") and len(record["validation"]) == 2
+    assert (folder / "policy.safetensors").exists() and not (folder / "state.pt").exists()
+    code, out, _ = run_cli(capsys, *args)
+    assert code == 0 and "already trained" in out
+    with pytest.raises(SystemExit) as stop:
+        main(["train-policy", "--kind", "agg", "--lam", "0", "--batches", "0"])
+    assert stop.value.code == 2 and "--batches: must be a positive integer" in capsys.readouterr().err
+
+
+def test_python_dash_m_trim_is_the_trim_command():
+    done = subprocess.run([sys.executable, "-m", "trim", "grade", "7", "\\boxed{7}"], capture_output=True, text=True)
+    assert done.returncode == 0 and done.stdout.startswith("correct")
+
+
 def test_testbed_prm_swaps_in_a_prm_that_knows_the_task(capsys, tmp_path):
     for prm, name in (("real-noise", "testbed-real-noise-prm-0"), ("oracle", "testbed-oracle-prm")):
         code, out, _ = run_cli(capsys, "run", "--policy", "thr", "--k", "0.5", *FEW, "--testbed-prm", prm,

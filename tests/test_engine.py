@@ -213,9 +213,12 @@ def test_step_records_carry_the_observation_and_the_policys_extras():
     record = run_policy(PROBLEMS[:1], Coin(), weak, strong, KeywordPRM())[0]
     second = record["steps"][1]
     assert second["observation"] == {"step_index": 2, "score": 0.1, "previous_scores": [0.9], "tokens": 4,
-                                     "strong_tokens": 0, "weak_tokens": 4}
+                                     "strong_tokens": 0, "weak_tokens": 4, "previous_tokens": [4],
+                                     "previous_models": ["weak"]}
     assert second["policy_info"] == {"log_prob": -0.25, "value": 2.0} and second["decision"] == "regenerate"
-    assert record["steps"][2]["observation"]["strong_tokens"] == 4  # the rewrite is counted before step 3
+    third = record["steps"][2]["observation"]
+    assert third["strong_tokens"] == 4  # the rewrite is counted before step 3
+    assert third["previous_models"] == ["weak", "strong"] and third["previous_tokens"] == [4, 4]
 
 
 def test_a_learned_policys_identity_includes_its_weights(tmp_path):
@@ -277,6 +280,48 @@ def test_a_backend_that_drops_a_row_is_named(fault):
         policy = Short()
     with pytest.raises(RuntimeError, match=r"returned 3 .* for 4 inputs"):
         run_policy(PROBLEMS, policy, weak, strong, prm)
+
+
+@pytest.mark.parametrize("fault", ["proposals", "scores"])
+@pytest.mark.parametrize("extra", [-1, 1])
+def test_a_backend_behind_a_cache_that_drops_or_adds_a_row_is_named(fault, extra):
+    """Through the caches a sweep and PPO use: a wrong row count is a named error, never results filed
+    under another problem's key (one row too many) or a KeyError (one too few)."""
+    weak, strong, prm = ScriptedGenerator("weak"), ScriptedGenerator("strong"), KeywordPRM()
+
+    def wrong(rows):
+        return rows[:-1] if extra < 0 else rows + rows[:1]
+
+    if fault == "proposals":
+        weak.propose = lambda requests: wrong(ScriptedGenerator.propose(weak, requests))
+    else:
+        prm.score = lambda questions, steps: wrong(KeywordPRM.score(prm, questions, steps))
+    with pytest.raises(RuntimeError, match=rf"returned {4 + extra} .* for 4 inputs"):
+        run_policy(PROBLEMS, Threshold(0.5), CachedGenerator(weak), CachedGenerator(strong), CachedPRM(prm))
+
+
+def test_a_trace_records_which_weights_and_refuses_other_weights_under_the_same_name(tmp_path):
+    from trim.traces import TraceError
+
+    weak, strong, prm = ScriptedGenerator("weak"), ScriptedGenerator("strong"), KeywordPRM()
+    weak.fingerprint = "weights-a"
+    path = tmp_path / "t.jsonl"
+    record = run_policy(PROBLEMS[:2], Threshold(0.5), weak, strong, prm, trace_path=path)[0]
+    assert record["settings"]["weights"] == {"weak": "weights-a", "strong": None, "prm": None}
+    weak.fingerprint = "weights-b"
+    with pytest.raises(TraceError, match="weights.weak"):
+        run_policy(PROBLEMS[:2], Threshold(0.5), weak, strong, prm, trace_path=path)
+
+
+def test_weights_fingerprints_tell_checkpoints_apart(tmp_path):
+    from trim.hashing import weights_fingerprint
+
+    for name, payload in (("a", b"x" * 3_000_000), ("b", b"x" * 2_999_999 + b"y"), ("c", b"x" * 3_000_000)):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "model.safetensors").write_bytes(payload)
+    a, b, c = (weights_fingerprint(tmp_path / n) for n in "abc")
+    assert a == c and a != b
+    assert weights_fingerprint("Qwen/Qwen2.5-7B-Instruct") == "hub:Qwen/Qwen2.5-7B-Instruct"
 
 
 def test_duplicate_problem_ids_are_refused():

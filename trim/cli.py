@@ -77,19 +77,53 @@ def _add_testbed(sub) -> None:
     report.set_defaults(func=run)
 
 
+def _add_train_policy(sub) -> None:
+    from trim.policies import POLICIES
+
+    p = sub.add_parser("train-policy", help="train TRIM-Agg / TRIM-Seq with PPO on the testbed, one policy per lambda "
+                                            "(resumable: a rerun continues an unfinished training)")
+    p.add_argument("--kind", nargs="+", required=True, choices=[n for n, s in POLICIES.items() if s.knob == "lam"],
+                   help="agg (TRIM-Agg) and/or seq (TRIM-Seq)")
+    p.add_argument("--lam", nargs="+", required=True, type=routing_cli.fraction,
+                   help="prices of one strong token in right answers (lambda), one policy each, e.g. 0.002 0.008")
+    p.add_argument("--out", default=None,
+                   help="root folder: each policy goes to <out>/<kind>/lambda-<lam> (default: the shipped "
+                        "data/policies)")
+    p.add_argument("--batches", type=routing_cli.positive_int, default=100, help="PPO updates (default 100)")
+    p.add_argument("--validate-every", type=routing_cli.positive_int, default=20,
+                   help="batches between validations and saved states (default 20)")
+    p.add_argument("--train-problems", type=routing_cli.positive_int, default=20000,
+                   help="the first N of the train split (default all 20,000)")
+    p.add_argument("--validation-problems", type=routing_cli.positive_int, default=200,
+                   help="the first N of the validation split, for choosing the checkpoint (default 200)")
+    p.add_argument("--testbed-prm", choices=["model", "real-noise", "oracle"], default="model",
+                   help="train under the testbed PRM (default), or one that reports each step's hidden state with "
+                        "the real PRM's noise (real-noise) or exactly (oracle)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+    def run(args):
+        from trim.ppo import cmd_train_policy
+
+        return cmd_train_policy(args)
+
+    p.set_defaults(func=run)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = routing_cli.Parser(
         prog="trim", description="Targeted step-level routing (TRIM): run, sweep and measure routing policies.")
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     routing_cli.register(sub)
-    for add in (_add_data, _add_grade, _add_testbed):
+    for add in (_add_data, _add_grade, _add_testbed, _add_train_policy):
         add(sub)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)
     try:
         return args.func(args) or 0
     except Exception as error:

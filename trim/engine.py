@@ -72,6 +72,10 @@ def settings_record(policy: Policy, weak, strong, prm, run: RunSettings, problem
     With `problems`, the problem set (`problem_set`) is part of it: a trace resumes only on the same problems."""
     settings = {"policy": policy.name, "policy_class": type(policy).__name__, "policy_params": policy.params(),
                 "weak": weak.name, "strong": strong.name, "prm": prm.name if prm is not None else None,
+                # Which weights each name stood for (`trim.hashing.weights_fingerprint`): a trace written by
+                # other weights under the same names is never resumed.
+                "weights": {role: getattr(model, "fingerprint", None)
+                            for role, model in (("weak", weak), ("strong", strong), ("prm", prm))},
                 "sampling_weak": dataclasses.asdict(weak.sampling),
                 "sampling_strong": dataclasses.asdict(strong.sampling),
                 **dataclasses.asdict(run)}
@@ -157,7 +161,7 @@ def _name(backend) -> str:
     return str(getattr(backend, "name", None) or type(backend).__name__)
 
 
-def _checked(rows: list, expected: int, backend, what: str) -> list:
+def check_rows(rows: list, expected: int, backend, what: str) -> list:
     # A backend that drops or adds a row would silently shift every later row onto the wrong problem.
     try:
         rows = list(rows)
@@ -180,9 +184,9 @@ def _proposal_fault(p) -> str | None:
     return None
 
 
-def _proposals(rows, requests: list[StepRequest], backend) -> list:
+def check_proposals(rows, requests: list[StepRequest], backend) -> list:
     """One well-formed proposal per request: text, a token count, and the two flags as booleans."""
-    rows = _checked(rows, len(requests), backend, "proposals")
+    rows = check_rows(rows, len(requests), backend, "proposals")
     for k, (request, p) in enumerate(zip(requests, rows)):
         fault = _proposal_fault(p)
         if fault:
@@ -191,7 +195,7 @@ def _proposals(rows, requests: list[StepRequest], backend) -> list:
     return rows
 
 
-def _score_row(row, problem_id, n_steps: int, k: int, n_rows: int, prm) -> list:
+def check_score_row(row, problem_id, n_steps: int, k: int, n_rows: int, prm) -> list:
     """A PRM row holds one score per step, each P(correct) in [0, 1] or NaN (a step the PRM could not read)."""
     where = f"problem {problem_id!r} (row {k} of {n_rows})"
     try:
@@ -211,7 +215,7 @@ def _score_row(row, problem_id, n_steps: int, k: int, n_rows: int, prm) -> list:
 
 
 def _decisions(rows, observations: list[Observation], policy) -> list:
-    rows = _checked(rows, len(observations), policy, "decisions")
+    rows = check_rows(rows, len(observations), policy, "decisions")
     for k, (observation, d) in enumerate(zip(observations, rows)):
         where = f"problem {observation.problem_id!r} (row {k} of {len(rows)}, step {observation.step_index})"
         try:
@@ -238,7 +242,7 @@ def _round(active: list[_State], policies: Sequence[Policy], weak, strong, prm, 
     weak_rows = [i for i, s in enumerate(active) if policies[s.policy].uses_weak]
     if weak_rows:
         asked = [requests[i] for i in weak_rows]
-        for i, candidate in zip(weak_rows, _proposals(weak.propose(asked), asked, weak)):
+        for i, candidate in zip(weak_rows, check_proposals(weak.propose(asked), asked, weak)):
             candidates[i] = candidate
         scored = _score(active, candidates, weak_rows, prm) if prm is not None else {}
         observations = {}
@@ -256,7 +260,9 @@ def _round(active: list[_State], policies: Sequence[Policy], weak, strong, prm, 
             observations[i] = Observation(
                 problem_id=state.problem.id, step_index=len(state.steps) + 1, score=score,
                 previous_scores=tuple(state.scores), tokens=candidate.tokens,
-                strong_tokens=state.strong_tokens, weak_tokens=state.weak_tokens)
+                strong_tokens=state.strong_tokens, weak_tokens=state.weak_tokens,
+                previous_tokens=tuple(r["tokens"] for r in state.records),
+                previous_models=tuple(r["model"] for r in state.records))
             state.weak_tokens += candidate.tokens
             state.records.append({"score": score if i in scored else None})
         for j, policy in enumerate(policies):
@@ -276,7 +282,7 @@ def _round(active: list[_State], policies: Sequence[Policy], weak, strong, prm, 
     rewrites = {}
     if flagged:
         asked = [requests[i] for i in flagged]
-        proposals = _proposals(strong.propose(asked), asked, strong)
+        proposals = check_proposals(strong.propose(asked), asked, strong)
         rewrites = dict(zip(flagged, proposals))
     for i, state in enumerate(active):
         record = state.records[-1]
@@ -304,10 +310,10 @@ def _score(active: list[_State], candidates: list, weak_rows: list[int], prm) ->
     nonempty = [i for i in weak_rows if candidates[i].text.strip()]
     if not nonempty:
         return {}
-    rows = _checked(prm.score([active[i].problem.question for i in nonempty],
+    rows = check_rows(prm.score([active[i].problem.question for i in nonempty],
                               [active[i].steps + [candidates[i].text] for i in nonempty]), len(nonempty), prm,
                     "score rows")
-    return {i: _score_row(row, active[i].problem.id, len(active[i].steps) + 1, k, len(rows), prm)
+    return {i: check_score_row(row, active[i].problem.id, len(active[i].steps) + 1, k, len(rows), prm)
             for k, (i, row) in enumerate(zip(nonempty, rows))}
 
 

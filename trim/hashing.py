@@ -6,6 +6,7 @@ Parts of a key are joined by the ASCII unit separator, which no question or step
 from __future__ import annotations
 
 import hashlib
+from pathlib import Path
 from typing import Iterable
 
 SEPARATOR = "\x1f"
@@ -36,3 +37,29 @@ def bytes_digest(chunks: Iterable[bytes]) -> str:
     for chunk in chunks:
         digest.update(chunk)
     return digest.hexdigest()
+
+
+WEIGHT_PATTERNS = ("*.safetensors", "*.bin", "*.gguf", "*.pt")
+_SAMPLE = 1 << 20
+
+
+def weights_fingerprint(source: str | Path) -> str:
+    """Which weights a model directory holds, in a digest cheap enough for a 15 GB checkpoint: every weights
+    file's name and size with its first and last MiB (a safetensors file starts with its tensor index, and
+    any retrained or fine-tuned weights differ in both ends). A hub id is its own fingerprint ("hub:<id>"):
+    it names whatever revision the hub serves."""
+    folder = Path(source)
+    if not folder.is_dir():
+        return f"hub:{source}"
+    files = sorted(p for pattern in WEIGHT_PATTERNS for p in folder.glob(pattern))
+
+    def chunks():
+        for path in files:
+            size = path.stat().st_size
+            yield f"{path.name}:{size}".encode()
+            with path.open("rb") as f:
+                yield f.read(_SAMPLE)
+                if size > 2 * _SAMPLE:
+                    f.seek(size - _SAMPLE)
+                    yield f.read(_SAMPLE)
+    return bytes_digest(chunks())

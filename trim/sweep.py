@@ -46,3 +46,19 @@ def calibrate_threshold(harness: Harness, problems: Sequence, target_share: floa
     k = float(np.interp(target_share, shares, table["k"].to_numpy()))
     reached = summarize(harness.run(problems, Threshold(k)))["strong_tokens"] / ends.strong_cost
     return {"k": k, "target_share": target_share, "calibration_share": reached, "grid": table}
+
+
+def learned_sweeps(harness: Harness, problems: Sequence, root=None) -> dict[str, pd.DataFrame]:
+    """Each trained policy family (TRIM-Agg, TRIM-Seq) over every lambda it was trained for, as a sweep table
+    with a `lambda` column: the learned counterpart of a threshold sweep. Families with no trained policy
+    under `root` (default data/policies) are left out."""
+    from trim.policies.learned import KINDS, POLICY_DIR, shipped_lambdas, trained
+
+    root = POLICY_DIR if root is None else root
+    sweeps = {}
+    for kind, cls in KINDS.items():
+        lambdas = shipped_lambdas(kind, root)
+        if lambdas:
+            sweeps[cls.label] = harness.sweep(problems, [trained(kind, lam, root) for lam in lambdas])
+    return sweeps
+

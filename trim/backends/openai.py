@@ -94,6 +94,7 @@ class OpenAICompletionsGenerator:
                              "http://127.0.0.1:8000/v1)")
         self.base_url, self.model = base_url.rstrip("/"), model
         self.name = name or model.rstrip("/").split("/")[-1]
+        self.fingerprint = f"served:{self.base_url}:{model}"   # the server's weights are out of sight
         self.sampling, self.seed, self.system_prompt = sampling, seed, system_prompt
         self.concurrency, self.prompt_format = concurrency, prompt_format
         self.timeout, self.retries, self.api_key = timeout, retries, api_key

@@ -35,9 +35,11 @@ class SeparatorPRM:
         from transformers import AutoModelForTokenClassification
 
         from trim.backends.prompts import load_tokenizer
+        from trim.hashing import weights_fingerprint
         from trim.progress import quiet_transformers
 
         self.name = name or Path(str(model)).name
+        self.fingerprint = weights_fingerprint(model)
         self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         self.tokenizer = load_tokenizer(model)
         with quiet_transformers():

@@ -31,6 +31,7 @@ from trim.backends.prompts import (
     load_tokenizer,
     prm_text,
 )
+from trim.hashing import weights_fingerprint
 from trim.progress import quiet_transformers
 from trim.protocols import STEP_DELIMITER, SamplingParams, StepProposal, StepRequest, request_seed
 from trim.sampling import sample_rows
@@ -123,6 +124,7 @@ class TransformersGenerator:
         self.reuse_prefix, self.prefixes = reuse_prefix, PrefixCache(prefix_cache_bytes)
         self.workspace = Workspace()
         self.overflows = 0  # prompts longer than the model's context (decoded anyway, with a warning)
+        self.fingerprint = weights_fingerprint(model)   # which weights: part of every trace's identity
         if gguf_file is not None:  # a GGUF checkpoint (llama.cpp's format): transformers dequantises it
             if not (Path(model) / gguf_file).is_file():
                 raise FileNotFoundError(f"generator: no GGUF file {Path(model) / gguf_file}")
@@ -293,6 +295,7 @@ class StepTagPRM:
                  reuse_prefix: bool = True, prefix_cache_bytes: int = 1 << 30):
         source = _resolve_source(model, "PRM")
         self.name = name or Path(str(model)).name
+        self.fingerprint = weights_fingerprint(source)
         self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         self.tokenizer = _load_tokenizer(source)
         self.step_tag, self.system_prompt, self.batch_size = step_tag, system_prompt, batch_size

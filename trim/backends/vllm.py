@@ -28,6 +28,7 @@ from trim.backends.prompts import (
     load_tokenizer,
     prm_text,
 )
+from trim.hashing import weights_fingerprint
 from trim.protocols import STEP_DELIMITER, SamplingParams, StepProposal, StepRequest, request_seed
 
 # The vLLM versions this module is written against (the offline API, `runner="pooling"`, STEP pooling).
@@ -76,6 +77,7 @@ class VLLMGenerator:
                  **engine_args):
         vllm = check_vllm()
         self.name = name or Path(str(model)).name
+        self.fingerprint = weights_fingerprint(model)
         self.sampling, self.seed, self.system_prompt = sampling, seed, system_prompt
         from vllm.platforms import current_platform
 
@@ -144,6 +146,7 @@ class VLLMStepTagPRM:
         from vllm.config import PoolerConfig
 
         self.name = name or Path(str(model)).name
+        self.fingerprint = weights_fingerprint(model)
         self.step_tag, self.system_prompt = step_tag, system_prompt
         self.llm = vllm.LLM(model=str(model), runner="pooling", max_model_len=max_model_len,
                             gpu_memory_utilization=gpu_memory_utilization, dtype=dtype,

@@ -41,6 +41,21 @@ register("random", PolicySpec(lambda rate, seed: RandomRegeneration(rate, seed),
                               "regenerate a random share of steps (the control)", knob="rate", default=0.2))
 
 
+
+def _trained(kind: str):
+    def build(lam: float | None, seed: int) -> Policy:
+        from trim.policies.learned import trained  # torch is imported only when a learned policy is asked for
+
+        return trained(kind, lam)
+    return build
+
+
+register("agg", PolicySpec(_trained("agg"), "TRIM-Agg: PPO policy on five aggregate features, trained for lambda "
+                           "(data/policies/agg)", knob="lam"))
+register("seq", PolicySpec(_trained("seq"), "TRIM-Seq: PPO policy reading the whole prefix (transformer encoder), "
+                           "trained for lambda (data/policies/seq)", knob="lam"))
+
+
 def make_policy(name: str, value: float | None = None, seed: int = 0) -> Policy:
     """A policy from its registered name; `value` sets its knob (k for thr, rate for random)."""
     if name not in POLICIES:

@@ -22,12 +22,17 @@ class Observation:
     tokens: int                     # tokens of the weak candidate
     strong_tokens: int              # strong tokens spent on this problem so far
     weak_tokens: int                # weak tokens decoded for this problem so far
+    # What a sequence policy (TRIM-Seq) reads of each accepted step besides its score: its tokens and
+    # which model wrote it ("weak" or "strong"), in step order.
+    previous_tokens: tuple[int, ...] = ()
+    previous_models: tuple[str, ...] = ()
 
     def record(self) -> dict:
         """The fields a trace keeps (the problem id is already on the record)."""
         fields = dataclasses.asdict(self)
         del fields["problem_id"]
-        fields["previous_scores"] = list(self.previous_scores)
+        for name in ("previous_scores", "previous_tokens", "previous_models"):
+            fields[name] = list(fields[name])
         return fields
 
 
