@@ -70,6 +70,11 @@ def test_train_policy_trains_resumes_and_skips_what_is_done(capsys, tmp_path):
     assert (folder / "policy.safetensors").exists() and not (folder / "state.pt").exists()
     code, out, _ = run_cli(capsys, *args)
     assert code == 0 and "already trained" in out
+    # --warm-start: the next lambda starts from the policy of the one before it (trained or already there).
+    warm = [*args[:4], "0.004", "0.008", *args[5:], "--warm-start"]
+    code, out, _ = run_cli(capsys, *warm)
+    record = json.loads((tmp_path / "agg" / "lambda-0.008" / "training.json").read_text())
+    assert code == 0 and record["environment"].endswith("initialised from lambda-0.004")
     with pytest.raises(SystemExit) as stop:
         main(["train-policy", "--kind", "agg", "--lam", "0", "--batches", "0"])
     assert stop.value.code == 2 and "--batches: must be a positive integer" in capsys.readouterr().err

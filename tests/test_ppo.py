@@ -111,6 +111,7 @@ def test_features_follow_the_release():
                         previous_models=("weak", "strong"))
     assert agg_features(later) == pytest.approx([0.5, 0.4, 0.9, 0.2, 2 / 30])
     rows = seq_features(later)
+    assert TrimSeq.new(0.01).features(later) == (rows, agg_features(later))
     assert np.allclose(rows, [[0.5, 20 / 300, 0.0, 0.0, 0.0], [0.8, 12 / 300, 1.0, 0.0, 1 / 30],
                               [0.9, 0.2, 0.0, 1.0, 2 / 30]])
     with pytest.raises(ValueError, match="reads PRM scores"):

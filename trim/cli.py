@@ -99,6 +99,9 @@ def _add_train_policy(sub) -> None:
     p.add_argument("--testbed-prm", choices=["model", "real-noise", "oracle"], default="model",
                    help="train under the testbed PRM (default), or one that reports each step's hidden state with "
                         "the real PRM's noise (real-noise) or exactly (oracle)")
+    p.add_argument("--warm-start", action="store_true",
+                   help="start each lambda from the policy of the lambda before it in --lam (list them in "
+                        "increasing order)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 

@@ -40,7 +40,7 @@ import numpy as np
 import torch
 
 from trim.policies.base import Observation
-from trim.policies.learned import KINDS, POLICY_DIR, ActorCriticPolicy, policy_dir
+from trim.policies.learned import KINDS, POLICY_DIR, ActorCriticPolicy, load_policy, policy_dir
 
 
 @dataclasses.dataclass(frozen=True)
@@ -277,10 +277,13 @@ def cmd_train_policy(args) -> int:
     from trim.experiment import Harness
     from trim.testbed.oracle import KNOWING_PRMS
 
-    config_for = lambda lam: PPOConfig(lam=lam, batches=args.batches, validate_every=args.validate_every,  # noqa: E731
-                                       seed=args.seed)
-    for lam in args.lam:
-        config_for(lam)   # a bad lambda or count is refused before the models load
+    def config_for(kind: str, lam: float) -> PPOConfig:
+        return PPOConfig(lam=lam, batches=args.batches, validate_every=args.validate_every, seed=args.seed,
+                         minibatches=KINDS[kind].minibatches)
+
+    for kind in args.kind:
+        for lam in args.lam:
+            config_for(kind, lam)   # a bad lambda or count is refused before the models load
     tb = testbed.load()
     train_problems = tb.splits["train"][: args.train_problems]
     validation_problems = tb.splits["validation"][: args.validation_problems]
@@ -292,16 +295,24 @@ def cmd_train_policy(args) -> int:
     command = "trim " + " ".join(args.argv)
     root = POLICY_DIR if args.out is None else args.out
     for kind in args.kind:
+        previous = None
         for lam in args.lam:
             out = policy_dir(kind, lam, root)
             if (out / "training.json").exists() and not (out / "state.pt").exists():
                 print(f"{out}: already trained (delete it to train again)")
+                previous = out
                 continue
-            config = config_for(lam)
+            config = config_for(kind, lam)
             environment = EngineEnvironment(harness, train_problems, validation_problems, config)
             policy = KINDS[kind].new(lam, seed=args.seed)
+            if args.warm_start and previous is not None:
+                # Start from the previous lambda's policy: from a uniform start, PPO at a high price learns to
+                # stop regenerating before it learns which steps are worth it.
+                policy.model.load_state_dict(load_policy(previous).model.state_dict())
+                environment.description += f"; initialised from {previous.name}"
             chosen = train(policy, environment, config, out=out, progress=False if args.quiet else None,
                            command=command)["chosen"]
+            previous = out
             print(f"{policy.label} lambda={lam!r}: chosen at batch {chosen['batch']}: "
                   f"accuracy {chosen['accuracy']:.3f}, strong tokens {chosen['strong_tokens']:.1f}, "
                   f"objective {chosen['objective']:.3f}; -> {out}", flush=True)

@@ -96,33 +96,39 @@ def agg_network(width: int = 64) -> ActorCritic:
 
 
 class PrefixEncoder(nn.Module):
-    """A transformer encoder over the prefix's step rows; the candidate's output (the last row) is the state.
+    """A transformer encoder over the prefix's step rows, beside the candidate's five aggregate features.
 
     Every step attends to every other (the whole prefix is known when the decision is made); padding is
-    masked. Learned position embeddings, as the steps are few (at most 31)."""
+    masked; learned position embeddings, as the steps are few (at most 31). The state is the candidate
+    row's output joined with a linear map of TRIM-Agg's features: the aggregates are a shortcut the encoder
+    would otherwise have to learn first (without it, 100 PPO batches left TRIM-Seq regenerating every step),
+    and the sequence adds what they throw away."""
 
     def __init__(self, width: int = 32, layers: int = 2, heads: int = 4):
         super().__init__()
         self.embed = nn.Linear(len(SEQ_FEATURES), width)
         self.position = nn.Embedding(MAX_STEPS, width)
         # Small position embeddings (GPT-2's 0.02), so that the steps' features, not their positions, dominate
-        # the first layer; nn.Embedding's default N(0, 1) drowned the scores and TRIM-Seq barely learned.
+        # the first layer (nn.Embedding's default is N(0, 1)).
         nn.init.normal_(self.position.weight, std=0.02)
         layer = nn.TransformerEncoderLayer(width, heads, dim_feedforward=2 * width, dropout=0.0,
                                            batch_first=True, norm_first=True)
         self.layers = nn.TransformerEncoder(layer, layers, enable_nested_tensor=False)
-        self.out = nn.Sequential(nn.LayerNorm(width), nn.Tanh())
+        self.aggregates = nn.Linear(len(AGG_FEATURES), width)
+        self.out = nn.Sequential(nn.LayerNorm(2 * width), nn.Tanh())
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """x: (batch, steps, features), left-aligned; mask: (batch, steps), True where a step is."""
-        positions = torch.arange(x.shape[1], device=x.device)
-        h = self.layers(self.embed(x) + self.position(positions), src_key_padding_mask=~mask)
-        last = mask.sum(1) - 1
-        return self.out(h[torch.arange(len(x)), last])
+    def forward(self, x: tuple[torch.Tensor, torch.Tensor], mask: torch.Tensor) -> torch.Tensor:
+        """x: step rows (batch, steps, features), left-aligned, and aggregates (batch, 5); mask: (batch, steps),
+        True where a step is."""
+        rows, aggregates = x
+        positions = torch.arange(rows.shape[1], device=rows.device)
+        h = self.layers(self.embed(rows) + self.position(positions), src_key_padding_mask=~mask)
+        candidate = h[torch.arange(len(rows)), mask.sum(1) - 1]
+        return self.out(torch.cat([candidate, self.aggregates(aggregates)], -1))
 
 
 def seq_network(width: int = 32, layers: int = 2, heads: int = 4) -> ActorCritic:
-    return ActorCritic(PrefixEncoder(width, layers, heads), width)
+    return ActorCritic(PrefixEncoder(width, layers, heads), 2 * width)
 
 
 class ActorCriticPolicy(LearnedPolicy):
@@ -214,6 +220,7 @@ class TrimAgg(ActorCriticPolicy):
     """TRIM-Agg: the release's five aggregate features through `agg_network`."""
 
     kind, label = "agg", "TRIM-Agg"
+    minibatches = 1    # PPO minibatches per epoch: the release's (one batch of 64 problems)
 
     @classmethod
     def new(cls, lam: float, seed: int = 0, **architecture) -> "TrimAgg":
@@ -228,9 +235,13 @@ class TrimAgg(ActorCriticPolicy):
 
 
 class TrimSeq(ActorCriticPolicy):
-    """TRIM-Seq: every step of the prefix and the candidate through `seq_network`'s transformer encoder."""
+    """TRIM-Seq: every step of the prefix and the candidate through `seq_network`'s transformer encoder,
+    beside TRIM-Agg's features."""
 
     kind, label = "seq", "TRIM-Seq"
+    # Four times the gradient steps per rollout (CleanRL's default): with one, 100 batches left the encoder
+    # regenerating nearly every step at low lambdas, where TRIM-Agg had learned to target.
+    minibatches = 4
 
     @classmethod
     def new(cls, lam: float, seed: int = 0, **architecture) -> "TrimSeq":
@@ -238,10 +249,11 @@ class TrimSeq(ActorCriticPolicy):
         return cls(seq_network(**architecture), lam, architecture)
 
     def features(self, observation):
-        return seq_features(observation)
+        return seq_features(observation), agg_features(observation)
 
     def collate(self, inputs):
-        return pad_rows(inputs)
+        rows, mask = pad_rows([r for r, _ in inputs])
+        return (rows, torch.tensor([a for _, a in inputs], dtype=torch.float32)), mask
 
 
 def pad_rows(sequences: Sequence[Sequence[Sequence[float]]]) -> tuple[torch.Tensor, torch.Tensor]:
