@@ -160,10 +160,14 @@ class ActorCriticPolicy(LearnedPolicy):
         """The same network, drawing its actions (for a PPO rollout), with its own seed."""
         return type(self)(self.model, self.lam, self.architecture, sampling=True, seed=seed)
 
-    def decide(self, observations: Sequence[Observation]) -> list[Decision]:
+    def _forward(self, observations: Sequence[Observation]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Actor logits and critic values for a batch of observations (no gradients)."""
         x, mask = self.collate([self.features(o) for o in observations])
         with torch.no_grad():
-            logits, values = self.model(x, mask)
+            return self.model(x, mask)
+
+    def decide(self, observations: Sequence[Observation]) -> list[Decision]:
+        logits, values = self._forward(observations)
         logp = torch.log_softmax(logits, -1)
         if self.sampling:
             actions = torch.multinomial(logp.exp(), 1, generator=self._rng).squeeze(-1)
@@ -190,9 +194,7 @@ class ActorCriticPolicy(LearnedPolicy):
 
     def regenerate_probability(self, observations: Sequence[Observation]) -> np.ndarray:
         """The actor's probability of regenerating, per observation (the greedy policy regenerates above 0.5)."""
-        x, mask = self.collate([self.features(o) for o in observations])
-        with torch.no_grad():
-            logits, _ = self.model(x, mask)
+        logits, _ = self._forward(observations)
         return torch.softmax(logits, -1)[:, 1].numpy()
 
 
