@@ -111,6 +111,7 @@ def test_baselines(capsys, tmp_path):
     code, out, _ = run_cli(capsys, "baselines", "--problems", "12", "--quiet", "--train-problems", "40",
                            "--validation-problems", "16", "--points", "3", "--out", tmp_path)
     assert code == 0 and "AutoMix-PRM" in out and "dIBC(TRIM-Thr)" in out
+    assert "TRIM-Agg" in out and "TRIM-POMDP (release belief)" in out and "dIBC(TRIM-POMDP)" in out
     assert (tmp_path / "baselines.csv").is_file()
 
 

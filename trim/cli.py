@@ -88,7 +88,7 @@ def _add_train_policy(sub) -> None:
                    help="prices of one strong token in right answers (lambda), one policy each, e.g. 0.002 0.008")
     p.add_argument("--out", default=None,
                    help="root folder: each policy goes to <out>/<kind>/lambda-<lam> (default: the shipped "
-                        "data/policies)")
+                        "data/policies, or data/policies/<name> with --testbed-prm <name>)")
     p.add_argument("--batches", type=routing_cli.positive_int, default=100, help="PPO updates (default 100)")
     p.add_argument("--validate-every", type=routing_cli.positive_int, default=20,
                    help="batches between validations and saved states (default 20)")
@@ -113,13 +113,54 @@ def _add_train_policy(sub) -> None:
     p.set_defaults(func=run)
 
 
+def _add_pomdp_model(sub) -> None:
+    p = sub.add_parser("pomdp-model", help="TRIM-POMDP's model files (data/pomdp): fit one on the testbed, or "
+                                           "convert the official release's real-PRM tables")
+    msub = p.add_subparsers(dest="pomdp_command", required=True)
+    fit = msub.add_parser("fit", help="fit transitions, hazard, step lengths and the PRM's observation model on "
+                                      "labelled testbed train steps")
+    fit.add_argument("--problems", type=routing_cli.positive_int, default=1000, help="train problems (default 1000)")
+    fit.add_argument("--testbed-prm", choices=["model", "real-noise"], default="model",
+                     help="the PRM whose scores the observation model is fit on (default: the testbed PRM)")
+    fit.add_argument("--seed", type=int, default=0)
+    fit.add_argument("--out", required=True, help="the model file to write, e.g. data/pomdp/testbed.json")
+    release = msub.add_parser("release", help="the real PRM's model from a checkout of github.com/Vansh28Kapoor/TRIM")
+    release.add_argument("release_dir", help="the release's folder (it holds pomdp_data/)")
+    release.add_argument("--out", required=True, help="the model file to write, e.g. data/pomdp/real.json")
+
+    def run(args):
+        from pathlib import Path
+
+        from trim.pomdp import model
+
+        out = routing_cli.check_out_file(Path(args.out).expanduser())
+        if args.pomdp_command == "release":
+            if not (Path(args.release_dir) / "pomdp_data").is_dir():
+                raise routing_cli.CommandError(f"{args.release_dir} has no pomdp_data/ folder; pass a checkout of "
+                                               "github.com/Vansh28Kapoor/TRIM")
+            fitted = model.from_release(args.release_dir)
+        else:
+            from trim import testbed
+            from trim.testbed.oracle import KNOWING_PRMS
+
+            tb = testbed.load()
+            problems = tb.splits["train"][: args.problems]
+            prm = tb.prm if args.testbed_prm == "model" else KNOWING_PRMS[args.testbed_prm](problems)
+            fitted = model.fit_testbed(tb, problems, prm=prm, seed=args.seed)
+        fitted.save(out)
+        print(f"{fitted.name}: p_w {fitted.p_weak:.4f}, p_s {fitted.p_strong:.4f}, {fitted.max_steps} steps -> {out}")
+        return 0
+
+    p.set_defaults(func=run)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = routing_cli.Parser(
         prog="trim", description="Targeted step-level routing (TRIM): run, sweep and measure routing policies.")
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     routing_cli.register(sub)
-    for add in (_add_data, _add_grade, _add_testbed, _add_train_policy):
+    for add in (_add_data, _add_grade, _add_testbed, _add_train_policy, _add_pomdp_model):
         add(sub)
     return parser
 

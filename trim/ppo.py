@@ -40,7 +40,7 @@ import numpy as np
 import torch
 
 from trim.policies.base import Observation
-from trim.policies.learned import KINDS, POLICY_DIR, ActorCriticPolicy, load_policy, policy_dir
+from trim.policies.learned import KINDS, ActorCriticPolicy, load_policy, policy_dir, policy_root
 
 
 @dataclasses.dataclass(frozen=True)
@@ -293,7 +293,7 @@ def cmd_train_policy(args) -> int:
     # One harness for every policy: the steps one training decodes are cached for the next.
     harness = Harness(tb.weak, tb.strong, prm, progress=False)
     command = "trim " + " ".join(args.argv)
-    root = POLICY_DIR if args.out is None else args.out
+    root = policy_root(args.testbed_prm) if args.out is None else args.out
     for kind in args.kind:
         previous = None
         for lam in args.lam:

@@ -79,7 +79,43 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--testbed-prm", choices=["model", *KNOWING_PRMS], default="model",
                    help="testbed only: the trained PRM (default), the oracle, or an oracle that reports each step's "
                         "hidden state with the real PRM's per-state noise (trim.testbed.oracle)")
+    p.add_argument("--policies", default=None,
+                   help="folder of trained policies for --policy agg/seq and baselines (default: those trained "
+                        "under the same --testbed-prm: data/policies, or data/policies/real-noise)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def policies_root(args) -> Path:
+    """The trained policies a command reads: --policies, or those trained under the command's PRM."""
+    from trim.policies.learned import policy_root
+
+    if args.policies is None:
+        return policy_root(args.testbed_prm)
+    root = Path(args.policies).expanduser()
+    if not root.is_dir():
+        raise CommandError(f"--policies {args.policies}: no such folder; train policies into it with "
+                           "`trim train-policy --out FOLDER`, or drop --policies for the shipped ones")
+    return root
+
+
+def pomdp_options(args) -> dict:
+    """TRIM-POMDP's model for a command: the testbed's dynamics (or the release's Qwen pair on a real-model
+    preset) and the observation model of the PRM the command scores with, unless --obs-model says."""
+    real = args.testbed_prm == "real-noise" or args.preset != "testbed"
+    return {"obs_model": args.obs_model or ("real" if real else "testbed"), "belief": getattr(args, "belief", "filter"),
+            "dynamics": "testbed" if args.preset == "testbed" else "real"}
+
+
+def _add_pomdp_options(p: argparse.ArgumentParser, belief: bool = True) -> None:
+    p.add_argument("--obs-model", default=None,
+                   help="TRIM-POMDP's observation model: testbed (the testbed PRM's), real (Qwen2.5-Math-PRM-7B's, "
+                        "from the official release), or a model file (data/pomdp/README.md); default: the one "
+                        "matching --testbed-prm / --preset")
+    if not belief:   # a command that runs both beliefs
+        return
+    p.add_argument("--belief", choices=["filter", "release"], default="filter",
+                   help="TRIM-POMDP's belief: a Bayes filter over the steps (default) or the release's one-shot "
+                        "likelihood with its 0.4 gate")
 
 
 def check_models(folder: str | None) -> Path:
@@ -236,7 +272,8 @@ def cmd_run(args) -> int:
     from trim.policies import make_policy
 
     spec = POLICIES[args.policy]
-    policy = make_policy(args.policy, getattr(args, spec.knob) if spec.knob else None, seed=args.seed)
+    policy = make_policy(args.policy, getattr(args, spec.knob) if spec.knob else None, seed=args.seed,
+                         root=policies_root(args), **pomdp_options(args))
     out = Path(args.out) if args.out else runs_dir(args.split)
 
     def before_load(trace_dir: Path, problems: list) -> None:
@@ -310,16 +347,19 @@ def cmd_baselines(args) -> int:
     from trim.baselines import best_query_router, compare
     from trim.metrics import summarize
     from trim.policies import RSD, Threshold
-    from trim.sweep import learned_sweeps, threshold_grid
+    from trim.pomdp.model import routing_model
+    from trim.sweep import learned_sweeps, pomdp_sweeps, threshold_grid
     from trim.testbed.oracle import OraclePRM
 
     out = Path(args.out) if args.out else runs_dir(args.split)
+    options = pomdp_options(args)
     harness, problems = _harness(args, out)
     splits = testbed.Splits()
     train = splits["train"][: args.train_problems]
     validation = splits["validation"][: args.validation_problems]
     steps = {"TRIM-Thr": harness.sweep(problems, threshold_grid(args.points)), "RSD": harness.sweep(problems, [RSD()]),
-             **learned_sweeps(harness, problems)}   # TRIM-Agg and TRIM-Seq over their trained lambdas
+             **learned_sweeps(harness, problems, policies_root(args)),   # TRIM-Agg and -Seq over their lambdas
+             **pomdp_sweeps(harness, problems, routing_model(options["obs_model"], options["dynamics"]))}
     # The ceiling: regenerate exactly the wrong steps (a PRM that knows each step's label).
     oracle = harness.with_prm(OraclePRM(problems), trace_dir=out / "oracle").run(problems, Threshold(0.5))
     steps["oracle router"] = pd.DataFrame([summarize(oracle)])
@@ -329,8 +369,8 @@ def cmd_baselines(args) -> int:
     best = best_query_router(table)
     print(f"\nweak-only {weak['accuracy']:.3f}, strong-only {strong['accuracy']:.3f} "
           f"at {ends.strong_cost:.1f} strong tokens/query")
-    paper = {"TRIM-Thr": "4.75 / 0.95 = 5.0", "TRIM-Agg": "5.67 / 0.95 = 6.0"}
-    for family in ("TRIM-Thr", "TRIM-Agg", "TRIM-Seq"):
+    paper = {"TRIM-Thr": "4.75 / 0.95 = 5.0", "TRIM-Agg": "5.67 / 0.95 = 6.0", "TRIM-POMDP": "5.86 / 0.95 = 6.2"}
+    for family in ("TRIM-Thr", "TRIM-Agg", "TRIM-Seq", "TRIM-POMDP"):
         if family in table.index:
             print(f"dIBC({family}) / dIBC(best query-level: {best}) = {table.loc[family, 'dIBC']:.2f} / "
                   f"{table.loc[best, 'dIBC']:.2f} = {table.loc[family, 'dIBC'] / table.loc[best, 'dIBC']:.1f} "
@@ -478,6 +518,7 @@ def register(sub) -> None:
         users = ", ".join(name for name, spec in POLICIES.items() if spec.knob == knob)
         p.add_argument(f"--{knob}", type=fraction, default=default,
                        help=f"value in [0, 1] for policy {users} (default {default})")
+    _add_pomdp_options(p)
     p.add_argument("--out", default=None, help="trace directory (default: runs/<split>, under $TRIM_RUNS_DIR if set); "
                    "reruns resume")
     p.set_defaults(func=cmd_run)
@@ -501,12 +542,14 @@ def register(sub) -> None:
     p.add_argument("--out", default=None, help="trace directory (default: runs)")
     p.set_defaults(func=cmd_calibrate)
 
-    p = sub.add_parser("baselines", help="query-level routers (RouteLLM, AutoMix) beside TRIM-Thr: table and plot")
+    p = sub.add_parser("baselines", help="every policy family on one split: query-level routers (RouteLLM, AutoMix), "
+                       "TRIM-Thr, RSD, TRIM-Agg/Seq, TRIM-POMDP and the oracle router: table and plot")
     _common(p)
     p.add_argument("--train-problems", type=positive_int, default=2000,
                    help="training problems for the routers' labels")
     p.add_argument("--validation-problems", type=positive_int, default=500, help="validation problems for tuning")
     p.add_argument("--points", type=positive_int, default=21, help="TRIM-Thr thresholds on [0, 1] (default 21)")
+    _add_pomdp_options(p, belief=False)
     p.add_argument("--out", default=None, help="directory for traces, baselines.csv and baselines.png")
     p.set_defaults(func=cmd_baselines)
 

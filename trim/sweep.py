@@ -62,3 +62,20 @@ def learned_sweeps(harness: Harness, problems: Sequence, root=None) -> dict[str,
             sweeps[cls.label] = harness.sweep(problems, [trained(kind, lam, root) for lam in lambdas])
     return sweeps
 
+
+
+# Prices of a strong token for TRIM-POMDP's curve: from nearly free (close to strong-only) to dear enough that
+# it keeps almost every weak step.
+POMDP_LAMBDAS = (0.0005, 0.001, 0.002, 0.004, 0.008, 0.016, 0.032)
+
+
+def pomdp_sweeps(harness: Harness, problems: Sequence, model, lambdas: Sequence[float] = POMDP_LAMBDAS,
+                 beliefs: Sequence[str] = ("filter", "release")) -> dict[str, pd.DataFrame]:
+    """TRIM-POMDP over `lambdas` with each belief rule (`trim.policies.pomdp`), solved for `model` (a
+    `trim.pomdp.model.RoutingModel`): "TRIM-POMDP" is the Bayes filter, "TRIM-POMDP (release belief)" the
+    official release's one-shot belief."""
+    from trim.policies.pomdp import TrimPOMDP
+
+    names = {"filter": "TRIM-POMDP", "release": "TRIM-POMDP (release belief)"}
+    return {names[belief]: harness.sweep(problems, [TrimPOMDP(model, lam, belief) for lam in lambdas])
+            for belief in beliefs}

@@ -272,6 +272,13 @@ KINDS = {"agg": TrimAgg, "seq": TrimSeq}
 POLICY_DIR = Path(__file__).resolve().parents[2] / "data" / "policies"
 
 
+def policy_root(testbed_prm: str = "model") -> Path:
+    """Where the policies trained under a testbed PRM live: data/policies for the testbed's own PRM, and
+    data/policies/<name> for another (`trim train-policy --testbed-prm real-noise`), because a policy learns
+    the score distribution of the PRM it was trained with."""
+    return POLICY_DIR if testbed_prm == "model" else POLICY_DIR / testbed_prm
+
+
 def policy_dir(kind: str, lam: float, root: str | Path = POLICY_DIR) -> Path:
     """Where the policy of `kind` trained for `lam` lives: <root>/<kind>/lambda-<lam>."""
     return Path(root) / kind / f"lambda-{float(lam)!r}"
