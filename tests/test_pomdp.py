@@ -200,3 +200,36 @@ def test_missing_or_malformed_model_files_are_one_clear_error(tmp_path, capsys):
                  "--out", str(tmp_path / "runs"), "--quiet"]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "bad.json is not a routing POMDP model" in err
+
+
+def test_blended_noise_keeps_a_steps_score_fixed_and_scales_from_the_prm_to_pure_noise():
+    from trim.prm_quality import BlendedNoisePRM
+
+    class Constant:
+        name = "constant"
+
+        def score(self, questions, steps):
+            return [[0.9] * len(s) for s in steps]
+
+    questions, steps = ["q1", "q2"], [["a", "b", "c"], ["a", "b"]]
+    assert BlendedNoisePRM(Constant(), 0.0).score(questions, steps) == Constant().score(questions, steps)
+    half = BlendedNoisePRM(Constant(), 0.5, seed=3)
+    rows = half.score(questions, steps)
+    assert rows == half.score(questions, steps) and rows[0][:2] == half.score(["q1"], [["a", "b"]])[0]
+    assert all(0.45 <= r <= 0.95 for row in rows for r in row) and len({r for row in rows for r in row}) == 5
+    pure = BlendedNoisePRM(Constant(), 1.0).score(questions, steps)
+    assert pure[0][0] != pure[1][0]                         # the same step text under another question differs
+    with pytest.raises(ValueError, match="noise strength"):
+        BlendedNoisePRM(Constant(), 1.5)
+
+
+def test_prm_noise_command_writes_one_row_per_strength_and_family(tmp_path, capsys):
+    from trim.cli import main
+
+    assert main(["prm-noise", "--problems", "6", "--strengths", "0", "0.5", "--sample-problems", "20", "--quiet",
+                 "--out", str(tmp_path)]) == 0
+    import pandas as pd
+
+    table = pd.read_csv(tmp_path / "prm_noise.csv")
+    assert len(table) == 6 and set(table["policy"]) == {"TRIM-Thr", "TRIM-Agg", "TRIM-POMDP"}
+    assert set(table["strength"]) == {0.0, 0.5}

@@ -60,3 +60,27 @@ def processbench_f1(table: pd.DataFrame, threshold: float = 0.5) -> dict[str, fl
     acc_ok = float((predicted[ok] == -1).mean()) if ok.any() else 0.0
     f1 = 2 * acc_err * acc_ok / (acc_err + acc_ok) if acc_err + acc_ok else 0.0
     return {"error_acc": acc_err, "correct_acc": acc_ok, "f1": f1}
+
+
+class BlendedNoisePRM:
+    """Another PRM with its scores blended with uniform noise: r' = (1 - strength) r + strength u.
+
+    u is drawn per step from (seed, question, the steps up to it), so reading a step again, in a longer
+    prefix or in another run, gives the same score, as a real PRM's would. Strength 0 is the PRM itself,
+    strength 1 a PRM that knows nothing: a dial for how much a policy relies on the PRM being good."""
+
+    def __init__(self, prm, strength: float, seed: int = 0):
+        if not 0 <= strength <= 1:
+            raise ValueError(f"noise strength must be in [0, 1] (got {strength})")
+        self.prm, self.strength, self.seed = prm, float(strength), seed
+        self.name = f"{prm.name}+uniform-noise-{strength:g}-seed-{seed}"
+
+    def score(self, questions, steps) -> list[list[float]]:
+        from trim.hashing import join_key, stable_uniform
+
+        out = []
+        for question, prefix, row in zip(questions, steps, self.prm.score(questions, steps)):
+            out.append([(1 - self.strength) * r + self.strength * stable_uniform(join_key(self.seed, question,
+                                                                                          *prefix[: i + 1]))
+                        for i, r in enumerate(row)])
+        return out

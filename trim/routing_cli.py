@@ -382,6 +382,25 @@ def cmd_baselines(args) -> int:
     return 0
 
 
+def cmd_prm_noise(args) -> int:
+    from trim import testbed
+    from trim.pomdp.model import routing_model
+    from trim.sweep import prm_noise_sweeps
+    from trim.testbed import evaluate
+
+    out = Path(args.out) if args.out else runs_dir(args.split, "prm-noise")
+    options = pomdp_options(args)
+    harness, problems = _harness(args, out)
+    tb = testbed.load()
+    samples = evaluate.sample_solutions(tb.weak, tb.splits["train"][: args.sample_problems], seed=args.seed)
+    table = prm_noise_sweeps(harness, problems, args.strengths, routing_model(options["obs_model"],
+                             options["dynamics"]), samples, policies_root(args), seed=args.seed)
+    _print(table)
+    table.to_csv(out / "prm_noise.csv")
+    print(f"table: {out / 'prm_noise.csv'}")
+    return 0
+
+
 POLICY_FIELDS = ("policy", "policy_class", "policy_params")
 COUNTS = ("strong_tokens", "weak_tokens", "discarded_tokens", "num_steps", "regenerated_steps")
 
@@ -552,6 +571,17 @@ def register(sub) -> None:
     _add_pomdp_options(p, belief=False)
     p.add_argument("--out", default=None, help="directory for traces, baselines.csv and baselines.png")
     p.set_defaults(func=cmd_baselines)
+
+    p = sub.add_parser("prm-noise", help="TRIM-Thr, TRIM-Agg and TRIM-POMDP as the PRM's scores are blended with "
+                                         "uniform noise (the POMDP's observation model refit at each strength)")
+    _common(p)
+    p.add_argument("--strengths", nargs="+", type=fraction, default=[0.0, 0.25, 0.5, 0.75],
+                   help="noise strengths in [0, 1]: r' = (1 - s) r + s u (default 0 0.25 0.5 0.75)")
+    p.add_argument("--sample-problems", type=positive_int, default=300,
+                   help="train problems whose labelled weak solutions refit the POMDP's observation model")
+    _add_pomdp_options(p, belief=False)
+    p.add_argument("--out", default=None, help="directory for traces and prm_noise.csv")
+    p.set_defaults(func=cmd_prm_noise)
 
     p = sub.add_parser("metrics", help="PGR / CPT / dIBC / APGR table from trace files")
     p.add_argument("traces", nargs="+", help="JSONL trace files, including weak-only and strong-only")

@@ -48,15 +48,18 @@ def calibrate_threshold(harness: Harness, problems: Sequence, target_share: floa
     return {"k": k, "target_share": target_share, "calibration_share": reached, "grid": table}
 
 
-def learned_sweeps(harness: Harness, problems: Sequence, root=None) -> dict[str, pd.DataFrame]:
-    """Each trained policy family (TRIM-Agg, TRIM-Seq) over every lambda it was trained for, as a sweep table
-    with a `lambda` column: the learned counterpart of a threshold sweep. Families with no trained policy
-    under `root` (default data/policies) are left out."""
+def learned_sweeps(harness: Harness, problems: Sequence, root=None, kinds: Sequence[str] | None = None
+                   ) -> dict[str, pd.DataFrame]:
+    """Each trained policy family (TRIM-Agg, TRIM-Seq, or those in `kinds`) over every lambda it was trained
+    for, as a sweep table with a `lambda` column: the learned counterpart of a threshold sweep. Families
+    with no trained policy under `root` (default data/policies) are left out."""
     from trim.policies.learned import KINDS, POLICY_DIR, shipped_lambdas, trained
 
     root = POLICY_DIR if root is None else root
     sweeps = {}
     for kind, cls in KINDS.items():
+        if kinds is not None and kind not in kinds:
+            continue
         lambdas = shipped_lambdas(kind, root)
         if lambdas:
             sweeps[cls.label] = harness.sweep(problems, [trained(kind, lam, root) for lam in lambdas])
@@ -79,3 +82,30 @@ def pomdp_sweeps(harness: Harness, problems: Sequence, model, lambdas: Sequence[
     names = {"filter": "TRIM-POMDP", "release": "TRIM-POMDP (release belief)"}
     return {names[belief]: harness.sweep(problems, [TrimPOMDP(model, lam, belief) for lam in lambdas])
             for belief in beliefs}
+
+
+def prm_noise_sweeps(harness: Harness, problems: Sequence, strengths: Sequence[float], model, samples: Sequence,
+                     root=None, points: int = 11, lambdas: Sequence[float] = POMDP_LAMBDAS,
+                     seed: int = 0) -> pd.DataFrame:
+    """How TRIM-Thr, TRIM-Agg and TRIM-POMDP degrade as the PRM's scores are blended with uniform noise
+    (`trim.prm_quality.BlendedNoisePRM`): one frontier row (CPT, dIBC, APGR) per (strength, family).
+
+    TRIM-Thr sweeps its threshold as before; TRIM-Agg keeps the weights it learned on clean scores (a
+    retrained policy costs minutes per lambda); TRIM-POMDP's observation model is refit on the noisy
+    scores of `samples` (labelled weak solutions, `evaluate.sample_solutions`), as a user would refit it."""
+    from trim.metrics import frontier_table
+    from trim.policies.pomdp import TrimPOMDP
+    from trim.pomdp.model import refit_observations
+    from trim.prm_quality import BlendedNoisePRM
+
+    ends, _, _ = harness.endpoints(problems)
+    rows = []
+    for strength in strengths:
+        prm = BlendedNoisePRM(harness.prm, strength, seed)   # the clean scores come from the harness's cache
+        noisy = harness.with_prm(prm)
+        refit = refit_observations(model, prm, samples, seed)
+        families = {"TRIM-Thr": noisy.sweep(problems, threshold_grid(points)),
+                    **learned_sweeps(noisy, problems, root, kinds=("agg",)),
+                    "TRIM-POMDP": noisy.sweep(problems, [TrimPOMDP(refit, lam) for lam in lambdas])}
+        rows.append(frontier_table(families, ends).assign(strength=strength))
+    return pd.concat(rows).reset_index().set_index(["strength", "policy"])

@@ -212,6 +212,29 @@ def observation_points(table) -> dict[str, np.ndarray]:
     return {state: np.array(p).reshape(-1, 2) for state, p in points.items()}
 
 
+def fit_observations(prm, samples: Sequence, seed: int = 0) -> tuple[np.ndarray, str]:
+    """The observation model (3, BINS, BINS) of `prm` from labelled solutions (`evaluate.sample_solutions`),
+    and a line saying what it was fit on."""
+    from trim.testbed import evaluate
+
+    points = observation_points(evaluate.prm_step_table(prm, samples))
+    missing = [state for state, p in points.items() if len(p) < 3]
+    if missing:
+        raise ValueError(f"too few labelled steps in state {', '.join(missing)} to fit an observation model; "
+                         "fit on more problems")
+    table = np.stack([reflected_kde_table(points[state], seed=seed) for state in STATES])
+    return table, (f"{prm.name}: reflected Gaussian KDE (Scott) of labelled weak steps ("
+                   + ", ".join(f"{s} {len(points[s])}" for s in STATES) + "), over 20 x 20 cells")
+
+
+def refit_observations(model: RoutingModel, prm, samples: Sequence, seed: int = 0) -> RoutingModel:
+    """`model` with its observation model refit on `prm`'s scores of `samples`: what a user does when the
+    PRM changes (a new PRM, or the same one under noise)."""
+    table, description = fit_observations(prm, samples, seed)
+    return dataclasses.replace(model, name=f"{model.name}, refit on {prm.name}", observations=table,
+                               source={**model.source, "observations": description})
+
+
 def fit_testbed(testbed, problems: Sequence, prm=None, seed: int = 0, name: str = "testbed",
                 max_steps: int = 30) -> RoutingModel:
     """Fit every part on labelled steps of `problems` (train problems): p_w and p_s as the models' next-step
@@ -223,22 +246,15 @@ def fit_testbed(testbed, problems: Sequence, prm=None, seed: int = 0, name: str 
     accuracy = {role: float(evaluate.next_step_samples(getattr(testbed, role), problems, seed)["correct"].mean())
                 for role in ("weak", "strong")}
     samples = evaluate.sample_solutions(testbed.weak, problems, seed=seed)
-    table = evaluate.prm_step_table(prm, samples)
-    points = observation_points(table)
-    missing = [state for state, p in points.items() if len(p) < 3]
-    if missing:
-        raise ValueError(f"too few labelled steps in state {', '.join(missing)} to fit an observation model; "
-                         "fit on more problems")
+    observations, description = fit_observations(prm, samples, seed)
     tokens, counts = np.unique([t for s in samples for t in s.tokens], return_counts=True)
     return RoutingModel(
         name=name, p_weak=accuracy["weak"], p_strong=accuracy["strong"],
         hazard=hazard_from_lengths([len(s.steps) for s in samples], max_steps),
-        observations=np.stack([reflected_kde_table(points[state], seed=seed) for state in STATES]),
+        observations=observations,
         step_tokens=tuple(float(t) for t in tokens), step_token_weights=tuple(counts / counts.sum()),
         source={"problems": f"{len(problems)} from {problems[0].id}", "seed": seed,
-                "weak": testbed.weak.name, "strong": testbed.strong.name,
-                "observations": f"{prm.name}: reflected Gaussian KDE (Scott) of labelled weak steps ("
-                                + ", ".join(f"{s} {len(points[s])}" for s in STATES) + "), over 20 x 20 cells",
+                "weak": testbed.weak.name, "strong": testbed.strong.name, "observations": description,
                 "accuracies": "next-step accuracy after every right prefix (one sample each)",
                 "hazard": "weak solution lengths", "step_tokens": "weak step lengths"})
 
