@@ -6,6 +6,7 @@ import shutil
 import subprocess
 import sys
 
+import pandas as pd
 import pytest
 
 from trim.cli import main
@@ -113,6 +114,8 @@ def test_baselines(capsys, tmp_path):
     assert code == 0 and "AutoMix-PRM" in out and "dIBC(TRIM-Thr)" in out
     assert "TRIM-Agg" in out and "TRIM-POMDP (release belief)" in out and "dIBC(TRIM-POMDP)" in out
     assert (tmp_path / "baselines.csv").is_file()
+    points = pd.read_csv(tmp_path / "curves.csv")
+    assert {"TRIM-Thr", "TRIM-POMDP", "oracle router", "weak-only", "strong-only"} <= set(points["family"])
 
 
 @pytest.mark.parametrize("argv, message", [

@@ -377,8 +377,17 @@ def cmd_baselines(args) -> int:
                   f"(paper, MATH-500: {paper.get(family, 'not reported')})")
     print("(the paper's dIBC averages over its own frontier, so compare the ratios, not the dIBC values)")
     table.to_csv(out / "baselines.csv")
+    # Every point of every curve, with its knob, and the endpoints: what a chapter plots.
+    knobs = ["k", "lambda", "belief"]
+    points = pd.concat([pd.DataFrame({"family": name, "strong_tokens": frame["strong_tokens"],
+                                      "accuracy": frame["accuracy"],
+                                      **{knob: frame[knob] for knob in knobs if knob in frame}})
+                        for name, frame in {**steps, **curves}.items() if len(frame)]
+                       + [pd.DataFrame({"family": ["weak-only", "strong-only"], "strong_tokens": [0.0, ends.strong_cost],
+                                        "accuracy": [weak["accuracy"], strong["accuracy"]]})], ignore_index=True)
+    points.to_csv(out / "curves.csv", index=False)
     _plot_curves({**steps, **curves}, ends, out / "baselines.png", f"testbed {args.split} split")
-    print(f"table: {out / 'baselines.csv'}   plot: {out / 'baselines.png'}")
+    print(f"table: {out / 'baselines.csv'}   points: {out / 'curves.csv'}   plot: {out / 'baselines.png'}")
     return 0
 
 
