@@ -231,3 +231,27 @@ def test_forked_child_grades_with_its_own_workers():
     _, status = os.waitpid(pid, 0)
     assert os.waitstatus_to_exitcode(status) == 0
     assert is_equivalent(r"\frac12", "0.5", timeout=60)  # and the parent's pool is untouched
+
+
+def test_a_killed_parents_busy_workers_die_within_a_second():
+    # SIGKILL leaves no atexit: the workers must notice by themselves, even one that is busy judging a
+    # runaway answer (it reads its stdin only between pairs, and its own alarm is 2 x 60 + 10 s away).
+    done = _run_script("""
+        import os, signal, threading, time
+        from trim import grading
+        print(grading.grade("1/2", r"\\boxed{0.5}").status, flush=True)
+        threading.Thread(target=grading.grade, args=("1", r"\\boxed{9^{9^{9}}}"), kwargs={"timeout": 60},
+                         daemon=True).start()
+        time.sleep(1)
+        print(*sorted(w.proc.pid for w in grading._pool()._live), flush=True)
+        os.kill(os.getpid(), signal.SIGKILL)
+    """)
+    assert done.returncode == -signal.SIGKILL, done.stderr
+    status, pids = done.stdout.splitlines()
+    pids = [int(p) for p in pids.split()]
+    assert status == "correct" and pids
+    killed = time.monotonic()
+    while time.monotonic() < killed + 5 and any(map(_running, pids)):
+        time.sleep(0.05)
+    assert [pid for pid in pids if _running(pid)] == [], "grading workers outlived their SIGKILLed parent"
+    assert time.monotonic() - killed < 2

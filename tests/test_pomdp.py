@@ -5,7 +5,11 @@ import itertools
 import numpy as np
 import pytest
 
+from trim.policies import Observation, make_policy
+from trim.policies.pomdp import TrimPOMDP, solve
+from trim.pomdp.model import BINS, RoutingModel, hazard_from_lengths, load_model, reflected_kde_table, shipped
 from trim.pomdp.solver import SimplexGrid, Stage, solve_discounted, solve_finite
+from trim.testbed.reference import REAL_PRM_STATES
 
 
 @pytest.mark.parametrize("states, resolution", [(2, 7), (3, 10), (4, 6)])
@@ -85,13 +89,6 @@ def test_bad_stages_are_refused_with_what_is_wrong():
 
 
 # --- the routing model --------------------------------------------------------------------------------
-
-from trim.policies import Observation, make_policy  # noqa: E402
-from trim.policies.pomdp import TrimPOMDP, solve  # noqa: E402
-from trim.pomdp.model import (  # noqa: E402
-    BINS, RoutingModel, hazard_from_lengths, load_model, reflected_kde_table, shipped,
-)
-from trim.testbed.reference import REAL_PRM_STATES  # noqa: E402
 
 
 def toy_model(hazard=(1.0,), p_weak=0.8, p_strong=0.95, tokens=(20.0,)) -> RoutingModel:

@@ -48,6 +48,7 @@ import subprocess
 import sys
 import tempfile
 import threading
+import time
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -764,6 +765,48 @@ def _verify_pair(gold: str, pred: str) -> Status:
     return "correct" if (ok if numeric is None else numeric) else "wrong"
 
 
+def _parent_alive(worker: int, parent: int) -> bool:
+    try:  # Linux: is the worker still the parent's child? (a dead parent's pid may linger as a zombie)
+        with open(f"/proc/{worker}/stat") as stat:
+            return int(stat.read().rsplit(")", 1)[1].split()[1]) == parent
+    except (OSError, ValueError, IndexError):
+        try:
+            os.kill(parent, 0)
+            return True
+        except ProcessLookupError:
+            return False
+        except OSError:
+            return True
+
+
+def _start_watchdog() -> None:
+    """Fork a watchdog that SIGKILLs this worker as soon as its parent is gone.
+
+    A SIGKILLed parent closes the worker's stdin, but the worker reads it only between pairs: in the middle
+    of a runaway judgment (until its alarm, 2 x limit + 10 s) it would live on, and a thread could not help,
+    because the judgment may hold the GIL. The watchdog is a process of its own and holds no pipe, so the
+    parent still sees the worker's end of file at once. It ends when the worker does."""
+    if not hasattr(os, "fork"):
+        return
+    worker, parent = os.getpid(), os.getppid()
+    if os.fork():
+        return
+    try:
+        fds = [int(fd) for fd in os.listdir("/proc/self/fd")] if os.path.isdir("/proc/self/fd") else range(3, 256)
+        for fd in fds:
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+        while os.getppid() == worker:
+            if not _parent_alive(worker, parent):
+                os.kill(worker, 9)  # SIGKILL
+                break
+            time.sleep(0.2)
+    finally:
+        os._exit(0)
+
+
 def _worker_main() -> None:
     """Serve judging requests on stdin/stdout: one JSON request per line, one JSON verdict per pair.
 
@@ -773,6 +816,7 @@ def _worker_main() -> None:
     import signal
     import warnings
 
+    _start_watchdog()
     out = os.fdopen(os.dup(1), "wb", buffering=0)
     os.dup2(2, 1)  # a stray print from a library must not corrupt the protocol
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is for the parent, which kills us
