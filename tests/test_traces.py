@@ -17,11 +17,13 @@ import pytest
 
 from trim.traces import TraceError, TraceWriter, read_traces
 
-SETTINGS = {"policy": "p", "seed": 0, "problems": {"count": 3}}
+SETTINGS = {"policy": "p", "policy_class": "Threshold", "seed": 0, "problems": {"count": 3}}
 
 
 def record(i: int, size: int = 40) -> dict:
-    return {"problem_id": f"p{i}", "correct": True, "payload": "x" * size}
+    """A record as the engine writes one (the fields a resume checks), with a payload of `size` bytes."""
+    return {"problem_id": f"p{i}", "correct": True, "strong_tokens": 0, "weak_tokens": 3, "discarded_tokens": 0,
+            "num_steps": 1, "regenerated_steps": 0, "steps": [], "payload": "x" * size}
 
 
 def line(i: int, settings: dict = SETTINGS) -> str:
@@ -161,7 +163,9 @@ print("start", flush=True)
 writer = TraceWriter(path, settings)
 print("open", flush=True)
 for i in range(start, start + count):
-    writer.write({"problem_id": f"p{i}", "correct": True, "payload": "x" * (size + i % 97)})
+    writer.write({"problem_id": f"p{i}", "correct": True, "strong_tokens": 0, "weak_tokens": 3,
+                  "discarded_tokens": 0, "num_steps": 1, "regenerated_steps": 0, "steps": [],
+                  "payload": "x" * (size + i % 97)})
     print(i, flush=True)
 """
 
@@ -190,8 +194,7 @@ def kill_trial(path, rng: random.Random, records_before: int, size: int, open_ti
 
     Returns the ids that must survive, the ids a resume finds, whether the kill landed in the open, and
     how long the resume took."""
-    text = "".join(json.dumps({"problem_id": f"p{i}", "correct": True, "payload": "x" * (size + i % 97),
-                               "settings": SETTINGS}) + "\n" for i in range(records_before))
+    text = "".join(json.dumps({**record(i, size + i % 97), "settings": SETTINGS}) + "\n" for i in range(records_before))
     damaged = DAMAGE[rng.choice(sorted(DAMAGE))](text) if records_before else ""
     path.write_text(damaged)
     must_survive = complete_ids(damaged)

@@ -15,7 +15,13 @@ def _add_data(sub) -> None:
                         "then the sets shipped in data/benchmarks")
 
     def run(args):  # local files only, never the hub
+        from pathlib import Path
+
         from trim import data
+
+        if args.data_dir is not None and not Path(args.data_dir).expanduser().is_dir():
+            raise routing_cli.CommandError(f"--data-dir {args.data_dir}: no such folder; pass a folder laid out "
+                                           "<name>/<split>.jsonl, or drop the option for the shipped sets")
 
         rows = [(name, split, data.locate(name, split, args.data_dir),
                  lambda n=name, s=split: data.load_dataset(n, s, data_dir=args.data_dir, source="local"))
@@ -170,6 +176,14 @@ def main(argv: list[str] | None = None) -> int:
     args.argv = list(sys.argv[1:] if argv is None else argv)
     try:
         return args.func(args) or 0
+    except KeyboardInterrupt:
+        # Every finished problem (or PPO checkpoint) is already on disk; say where, and how to go on.
+        kept = {"train-policy": "each policy's PPO state (state.pt, every --validate-every batches)",
+                "testbed": "nothing (the report is written at the end)"}.get(
+            args.command, f"every finished problem, in the trace files under {getattr(args, 'out', None) or 'runs/'}")
+        print(f"trim {args.command}: interrupted; kept {kept}; run the same command again to resume",
+              file=sys.stderr)
+        return 130
     except Exception as error:
         # CommandError, TraceError and every bad-input error of the library are ValueErrors or OSErrors; a
         # backend that broke its protocol is the engine's BackendError. Each is one line, not a traceback.

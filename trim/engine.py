@@ -129,7 +129,8 @@ def run_policies(problems: Sequence, policies: Sequence[Policy], weak, strong, p
             raise ValueError(f"the question of problem {holding[0]!r} contains the PRM's step tag {tag!r}, which "
                              f"would add a score ({len(holding)} problem(s) in all); remove the tag from the questions")
     settings = [settings_record(policy, weak, strong, prm, run, problems) for policy in policies]
-    writers = [TraceWriter(path, record) if path else None for path, record in zip(trace_paths, settings)]
+    ids = {p.id for p in problems}
+    writers = [TraceWriter(path, record, ids) if path else None for path, record in zip(trace_paths, settings)]
     try:
         done = [dict(writer.done) if writer else {} for writer in writers]
         active = [_State(p, policy=j) for j in range(len(policies)) for p in problems if p.id not in done[j]]

@@ -80,3 +80,27 @@ def prm_quality(steps: pd.DataFrame, label: str = "on_track"):
     hist_ax.legend(fontsize=8)
     fig.tight_layout()
     return fig
+
+
+# Corners of the belief triangle over (S0, S1, S2): S0 bottom left, S2 bottom right, S1 on top.
+SIMPLEX_CORNERS = np.array([[0.0, 0.0], [0.5, np.sqrt(3) / 2], [1.0, 0.0]])
+
+
+def belief_simplex(beliefs: np.ndarray, values: np.ndarray, ax=None, title: str | None = None, **contour):
+    """A function of the belief over (S0, S1, S2) drawn on the triangle: filled contours of `values` at
+    `beliefs` (N, 3), each corner labelled with its state. Extra keywords go to `tricontourf`."""
+    import matplotlib.pyplot as plt
+
+    if ax is None:
+        _, ax = plt.subplots(figsize=(4, 3.6))
+    xy = np.asarray(beliefs) @ SIMPLEX_CORNERS
+    image = ax.tricontourf(xy[:, 0], xy[:, 1], values, **contour)
+    ax.plot(*np.vstack([SIMPLEX_CORNERS, SIMPLEX_CORNERS[:1]]).T, color="black", lw=0.8)
+    offsets = ((-0.06, -0.07), (-0.03, 0.03), (0.0, -0.07))
+    for (x, y), state, offset in zip(SIMPLEX_CORNERS, ("S0", "S1", "S2"), offsets):
+        ax.annotate(state, (x + offset[0], y + offset[1]), fontsize=9)
+    ax.set(aspect="equal", xlim=(-0.1, 1.1), ylim=(-0.12, 0.95), xticks=[], yticks=[])
+    ax.axis("off")
+    if title:
+        ax.set_title(title, fontsize=9)
+    return image

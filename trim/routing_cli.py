@@ -8,7 +8,6 @@ from __future__ import annotations
 import argparse
 import collections
 import json
-import math
 import os
 import tempfile
 from pathlib import Path
@@ -45,6 +44,15 @@ def fraction(text: str) -> float:
     return value
 
 
+def share(text: str) -> float:
+    """A share of strong-only's tokens: above 0 (no budget is weak-only, which needs no calibration), at most 1."""
+    value = fraction(text)
+    if value <= 0.0:
+        raise argparse.ArgumentTypeError(f"must be above 0 (a share of strong-only's tokens), got {text}; "
+                                         "a budget of 0 is weak-only: `trim run --policy weak-only`")
+    return value
+
+
 def _integer(minimum: int, what: str):
     """An argparse type for integers of at least `minimum`, named `what` in its error."""
     def parse(text: str) -> int:
@@ -60,6 +68,9 @@ def _integer(minimum: int, what: str):
 
 positive_int = _integer(1, "a positive integer")
 count = _integer(0, "an integer >= 0")  # a count that may be zero
+# The query-level routers fit classifiers and densities on labelled problems: below these, their fits fail.
+router_train_problems = _integer(20, "at least 20 (the routers' classifiers and densities need that many)")
+router_validation_problems = _integer(10, "at least 10 (the routers tune their thresholds on them)")
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -175,10 +186,11 @@ def check_out_file(path: Path, option: str = "--out") -> Path:
     return path
 
 
-def check_trace(path: Path, expected: dict) -> None:
+def check_trace(path: Path, expected: dict, problem_ids=None) -> None:
     """Before any model loads: the trace a run will append to can be opened, is not being written by
-    another run, and was written with the same problems and policy (the fields known without the models)."""
-    from trim.traces import TraceError, describe_difference, read_lines
+    another run, holds only sound records of this run's problems (`traces.scan`), and was written with the
+    same problems and policy (the fields known without the models)."""
+    from trim.traces import TraceError, describe_difference, scan
 
     if path.is_dir():
         raise CommandError(f"{path} is a directory, but the run writes its trace there; move it away")
@@ -196,16 +208,13 @@ def check_trace(path: Path, expected: dict) -> None:
                 except OSError:
                     raise CommandError(f"{path} is being written by another process (it holds the file's lock); "
                                        "wait for that run to finish, or pass another --out") from None
-        lines = read_lines(path)
+            lines = scan(path, fh.read(), problem_ids)   # a partial last line is left for the run to repair
     except OSError as error:
         raise CommandError(f"{path} cannot be opened for appending ({error.strerror or error})") from None
-    except TraceError:
-        return  # a partial last line, repaired when the run opens the file; other damage is reported then
-    for number, record in lines[:1]:
-        there = record.get("settings") if isinstance(record, dict) else None
-        if not isinstance(there, dict):
-            return
-        there = {key: there.get(key) for key in expected}
+    except TraceError as error:
+        raise CommandError(str(error)) from None
+    for number, _, _, record in lines[:1]:
+        there = {key: record["settings"].get(key) for key in expected}
         if there != expected:
             raise CommandError(f"{path}:{number} was written with other settings: "
                                f"{describe_difference(there, expected, 'the file', 'this run')}; "
@@ -280,7 +289,7 @@ def cmd_run(args) -> int:
         check_trace(trace_dir / trace_name(policy), {
             "policy": policy.name, "policy_class": type(policy).__name__, "policy_params": policy.params(),
             "seed": args.seed, "max_steps": args.max_steps, "max_tokens": args.max_tokens,
-            "problems": problem_set(problems)})
+            "problems": problem_set(problems)}, {p.id for p in problems})
 
     harness, problems = _harness(args, out, before_load=before_load)
     records = harness.run(problems, policy)
@@ -383,7 +392,8 @@ def cmd_baselines(args) -> int:
                                       "accuracy": frame["accuracy"],
                                       **{knob: frame[knob] for knob in knobs if knob in frame}})
                         for name, frame in {**steps, **curves}.items() if len(frame)]
-                       + [pd.DataFrame({"family": ["weak-only", "strong-only"], "strong_tokens": [0.0, ends.strong_cost],
+                       + [pd.DataFrame({"family": ["weak-only", "strong-only"],
+                                        "strong_tokens": [0.0, ends.strong_cost],
                                         "accuracy": [weak["accuracy"], strong["accuracy"]]})], ignore_index=True)
     points.to_csv(out / "curves.csv", index=False)
     _plot_curves({**steps, **curves}, ends, out / "baselines.png", f"testbed {args.split} split")
@@ -411,39 +421,14 @@ def cmd_prm_noise(args) -> int:
 
 
 POLICY_FIELDS = ("policy", "policy_class", "policy_params")
-COUNTS = ("strong_tokens", "weak_tokens", "discarded_tokens", "num_steps", "regenerated_steps")
-
-
-def _record_fault(record) -> str | None:
-    """What keeps a record from being summarized, or None."""
-    if not isinstance(record, dict) or "problem_id" not in record or not isinstance(record.get("settings"), dict):
-        return "is not a trace record"
-    settings = record["settings"]
-    for key in ("policy", "policy_class"):
-        if not isinstance(settings.get(key), str):
-            return f"has no settings.{key} (a string)"
-    if not isinstance(record.get("correct"), bool):
-        return f"has correct = {_short(record.get('correct'))}, not true or false"
-    for key in COUNTS:
-        value = record.get(key)
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
-            return f"has {key} = {_short(value)}, not a number >= 0"
-    return None
-
-
-def _short(value) -> str:
-    text = json.dumps(value, default=str) if value is not None else "nothing"
-    return text if len(text) <= 40 else text[:37] + "..."
-
-
 def _read_run(path: str) -> list[dict]:
     """One run's records, checked: every record summarizable, one setting, one record per problem, complete."""
-    from trim.traces import describe_difference, read_lines
+    from trim.traces import describe_difference, read_lines, record_fault
 
     file = Path(path)
     if not file.is_file():
-        raise CommandError(f"{path}: {'is a directory' if file.is_dir() else 'no such file'}; "
-                           "pass JSONL trace files written by `trim run`")
+        what = "is a directory" if file.is_dir() else "is not a regular file" if file.exists() else "no such file"
+        raise CommandError(f"{path}: {what}; pass JSONL trace files written by `trim run`")
     try:
         lines = read_lines(file)
     except OSError as error:
@@ -451,7 +436,7 @@ def _read_run(path: str) -> list[dict]:
     if not lines:
         raise CommandError(f"{path} holds no traces")
     for number, record in lines:
-        fault = _record_fault(record)
+        fault = record_fault(record)
         if fault is None:
             continue
         if not isinstance(record, dict) or "problem_id" not in record or not isinstance(record.get("settings"), dict):
@@ -562,7 +547,7 @@ def register(sub) -> None:
 
     p = sub.add_parser("calibrate", help="pick the threshold k that spends a target share of strong-only's tokens")
     _common(p)
-    p.add_argument("--target-share", type=fraction, required=True,
+    p.add_argument("--target-share", type=share, required=True,
                    help="strong tokens as a share of strong-only's, e.g. 0.3")
     p.add_argument("--calibration-split", choices=SPLITS, default="validation",
                    help="split to calibrate on (default: validation)")
@@ -573,9 +558,10 @@ def register(sub) -> None:
     p = sub.add_parser("baselines", help="every policy family on one split: query-level routers (RouteLLM, AutoMix), "
                        "TRIM-Thr, RSD, TRIM-Agg/Seq, TRIM-POMDP and the oracle router: table and plot")
     _common(p)
-    p.add_argument("--train-problems", type=positive_int, default=2000,
+    p.add_argument("--train-problems", type=router_train_problems, default=2000,
                    help="training problems for the routers' labels")
-    p.add_argument("--validation-problems", type=positive_int, default=500, help="validation problems for tuning")
+    p.add_argument("--validation-problems", type=router_validation_problems, default=500,
+                   help="validation problems for tuning")
     p.add_argument("--points", type=positive_int, default=21, help="TRIM-Thr thresholds on [0, 1] (default 21)")
     _add_pomdp_options(p, belief=False)
     p.add_argument("--out", default=None, help="directory for traces, baselines.csv and baselines.png")

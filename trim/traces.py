@@ -21,6 +21,7 @@ What a writer guarantees, whatever the moment it is killed:
 from __future__ import annotations
 
 import json
+import math
 import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterable
@@ -74,7 +75,48 @@ def describe_difference(there: dict, here: dict, there_name: str, here_name: str
     return "; ".join(parts)
 
 
-def _parse_line(raw: bytes) -> tuple[dict | None, str | None, bool]:
+# The counts every record carries, each a number >= 0.
+COUNTS = ("strong_tokens", "weak_tokens", "discarded_tokens", "num_steps", "regenerated_steps")
+
+
+def _short(value) -> str:
+    text = json.dumps(value, default=str) if value is not None else "nothing"
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def record_fault(record, problem_ids=None) -> str | None:
+    """What is wrong with a trace record (a hand edit, another program's file), or None: the checks a
+    resume and `trim metrics` apply before they trust a record. `problem_ids`, if given, are the problems
+    the record may belong to."""
+    if not isinstance(record, dict) or "problem_id" not in record or not isinstance(record.get("settings"), dict):
+        return "is not a trace record (it needs problem_id and settings)"
+    if not isinstance(record["problem_id"], str) or not record["problem_id"]:
+        return f"has problem_id = {_short(record['problem_id'])}, not a problem's id (a string)"
+    if problem_ids is not None and record["problem_id"] not in problem_ids:
+        return f"is a record of problem {record['problem_id']!r}, which is not among this run's problems"
+    settings = record["settings"]
+    for key in ("policy", "policy_class"):
+        if not isinstance(settings.get(key), str):
+            return f"has no settings.{key} (a string)"
+    if not isinstance(record.get("correct"), bool):
+        return f"has correct = {_short(record.get('correct'))}, not true or false"
+    for key in COUNTS:
+        value = record.get(key)
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+            return f"has {key} = {_short(value)}, not a number >= 0"
+    if not isinstance(record.get("steps"), list):
+        return f"has steps = {_short(record.get('steps'))}, not a list of steps"
+    return None
+
+
+def _loads(text: str):
+    try:
+        return json.loads(text)
+    except RecursionError:   # JSON nested deeper than Python's stack: no trace record is
+        raise json.JSONDecodeError("nested too deeply to be a trace record", text, 0) from None
+
+
+def _parse_line(raw: bytes, problem_ids=None) -> tuple[dict | None, str | None, bool]:
     """(record, None, True), or (None, what is wrong with the line, whether it could be a cut-off record)."""
     cut_off = raw.lstrip().startswith(b"{")  # a record's line starts with '{'; a prefix of it never parses
     try:
@@ -82,12 +124,38 @@ def _parse_line(raw: bytes) -> tuple[dict | None, str | None, bool]:
     except UnicodeDecodeError as error:
         return None, f"is not valid UTF-8 (byte {error.start + 1} of the line)", cut_off
     try:
-        record = json.loads(text)
+        record = _loads(text)
     except json.JSONDecodeError as error:
         return None, f"is not valid JSON ({error.msg})", cut_off
-    if not isinstance(record, dict) or "problem_id" not in record or not isinstance(record.get("settings"), dict):
-        return None, "is not a trace record (it needs problem_id and settings)", False
+    fault = record_fault(record, problem_ids)
+    if fault is not None:
+        return None, fault, False
     return record, None, True
+
+
+def scan(path: str | Path, data: bytes, problem_ids=None) -> list[tuple[int, int, bool, dict]]:
+    """The records a resume keeps, as (line number, end offset after its newline, has newline, record).
+
+    A cut-off last line (a kill mid-write) is dropped; any other bad line is a `TraceError` naming the
+    file and line, as is a problem recorded twice."""
+    parsed = []
+    for number, _, end, has_newline, raw in _lines(data):
+        if raw.strip():
+            parsed.append((number, end, has_newline, *_parse_line(raw, problem_ids)))
+    if parsed and parsed[-1][4] is not None and parsed[-1][5]:
+        parsed.pop()
+    seen: dict[str, int] = {}
+    for k, (number, _, _, record, error, _) in enumerate(parsed):
+        if error is not None:
+            where = "and complete records follow it" if k < len(parsed) - 1 else "and it is the last line"
+            raise TraceError(f"{path}:{number} {error}, {where}; the file was damaged or is not a trace: "
+                             "delete or repair that line (or the file) to resume")
+        pid = record["problem_id"]
+        if pid in seen:
+            raise TraceError(f"{path}:{number} repeats problem {pid!r} of line {seen[pid]} (two runs wrote "
+                             "this file at once?); keep one record per problem, or delete the file")
+        seen[pid] = number
+    return [(number, end, has_newline, record) for number, end, has_newline, record, _, _ in parsed]
 
 
 def _lines(data: bytes):
@@ -106,8 +174,9 @@ class TraceWriter:
     `done` maps each finished problem id to its record. Use it as a context manager, or call `close()`,
     to release the file's lock."""
 
-    def __init__(self, path: str | Path, settings: dict):
+    def __init__(self, path: str | Path, settings: dict, problem_ids=None):
         self.path, self.settings = Path(path), settings
+        self.problem_ids = None if problem_ids is None else set(problem_ids)   # records of others are refused
         self.done: dict[str, dict] = {}
         self._fd: int | None = None
         try:
@@ -148,30 +217,13 @@ class TraceWriter:
     def _resume(self) -> None:
         size = os.fstat(self._fd).st_size
         data = os.pread(self._fd, size, 0) if size else b""
-        parsed = []  # (number, end offset after its newline, has newline, record or None, error or None, cut off)
-        for number, _, end, has_newline, raw in _lines(data):
-            if raw.strip():
-                parsed.append((number, end, has_newline, *_parse_line(raw)))
-        # A kill mid-write leaves a prefix of one record: a last line that starts like a record ('{') but
-        # does not parse. It is dropped; anything else that is wrong is refused, naming its line.
-        if parsed and parsed[-1][4] is not None and parsed[-1][5]:
-            parsed.pop()
-        seen: dict[str, int] = {}
-        for k, (number, _, _, record, error, _) in enumerate(parsed):
-            if error is not None:
-                where = "and complete records follow it" if k < len(parsed) - 1 else "and it is the last line"
-                raise TraceError(f"{self.path}:{number} {error}, {where}; the file was damaged or is not a trace: "
-                                 "delete or repair that line (or the file) to resume")
+        parsed = scan(self.path, data, self.problem_ids)
+        for number, _, _, record in parsed:
             if record["settings"] != self.settings:
                 raise TraceError(f"{self.path}:{number} was written with other settings: "
                                  f"{describe_difference(record['settings'], self.settings, 'the file', 'this run')}"
                                  "; write to a new path, or delete the file to start over")
-            pid = record["problem_id"]
-            if pid in seen:
-                raise TraceError(f"{self.path}:{number} repeats problem {pid!r} of line {seen[pid]} (two runs wrote "
-                                 "this file at once?); keep one record per problem, or delete the file")
-            seen[pid] = number
-            self.done[pid] = record
+            self.done[record["problem_id"]] = record
         # Repair only once the file is known to be resumable (a refused file is left as it was), and only
         # by truncation or by appending one newline: each is one system call, atomic under a kill.
         good_end = parsed[-1][1] if parsed else 0
@@ -247,10 +299,11 @@ def read_lines(path: str | Path) -> list[tuple[int, dict]]:
             raise TraceError(f"{path}:{number} is not valid UTF-8 (byte {error.start + 1} of the line); "
                              "is this a trace file?") from None
         try:
-            out.append((number, json.loads(text)))
+            out.append((number, _loads(text)))
         except json.JSONDecodeError as error:
+            cut_off = k == len(lines) - 1 and raw.lstrip().startswith(b"{") and not error.msg.startswith("nested")
             hint = ("; an interrupted run leaves a partial last line: rerun it to repair and finish the trace"
-                    if k == len(lines) - 1 else "; is this a trace file?")
+                    if cut_off else "; is this a trace file?")
             raise TraceError(f"{path}:{number} is not valid JSON ({error.msg}){hint}") from None
     return out
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 
 from trim.policies.base import Observation, Policy
 from trim.pomdp.model import RoutingModel, score_bin
@@ -114,3 +115,12 @@ class TrimPOMDP(Policy):
             return False     # the release keeps a step unless S2 is within the gate of the likeliest state
         keep, rewrite = self.action_values(belief, observation.step_index)
         return bool(rewrite - self.lam * observation.tokens > keep)
+
+
+def decision_table(policy: TrimPOMDP, step_index: int, tokens: int) -> pd.DataFrame:
+    """The solved policy at every belief of its grid for one step index and candidate length: the belief,
+    the advantage of rewriting (value of rewriting - lambda x tokens - value of keeping) and the action."""
+    keep, rewrite = policy.q[min(step_index, len(policy.q)) - 1].T
+    advantage = rewrite - policy.lam * tokens - keep
+    return pd.DataFrame({"S0": policy.grid.points[:, 0], "S1": policy.grid.points[:, 1], "S2": policy.grid.points[:, 2],
+                         "advantage": advantage, "regenerate": advantage > 0})
