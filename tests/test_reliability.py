@@ -125,3 +125,17 @@ def test_ctrl_c_says_what_was_kept_and_a_rerun_resumes(tmp_path):
     done = subprocess.run(argv, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr
     assert len(trace.read_text().splitlines()) == 120
+
+
+def test_policy_names_keep_the_knobs_whole_value(tmp_path, capsys):
+    from trim.policies import RandomRegeneration, Threshold
+    from trim.sweep import threshold_grid
+
+    assert Threshold(0.1234567).name != Threshold(0.1234568).name
+    assert RandomRegeneration(0.2, seed=1).name != RandomRegeneration(0.2, seed=2).name
+    assert [t.name for t in threshold_grid(21)][3] == "TRIM-Thr(k=0.15)"     # a grid point as a reader types it
+    for k in ("0.1234567", "0.1234568"):
+        assert main(["run", "--policy", "thr", "--k", k, "--problems", "2", "--quiet", "--out", str(tmp_path)]) == 0
+    capsys.readouterr()
+    assert sorted(p.name for p in tmp_path.glob("*.jsonl")) == ["TRIM-Thr_k=0.1234567_.jsonl",
+                                                               "TRIM-Thr_k=0.1234568_.jsonl"]

@@ -16,7 +16,8 @@ from trim.policies import RandomRegeneration, Threshold
 
 
 def threshold_grid(points: int = 21) -> list[Threshold]:
-    return [Threshold(float(k)) for k in np.linspace(0.0, 1.0, points)]
+    # Rounded so that a grid point is the number a reader would type (0.15, not 0.15000000000000002).
+    return [Threshold(round(float(k), 10)) for k in np.linspace(0.0, 1.0, points)]
 
 
 def random_matched(harness: Harness, problems: Sequence, sweep: pd.DataFrame, runs: int = 5,
@@ -68,8 +69,9 @@ def learned_sweeps(harness: Harness, problems: Sequence, root=None, kinds: Seque
 
 
 # Prices of a strong token for TRIM-POMDP's curve: from nearly free (close to strong-only) to dear enough that
-# it keeps almost every weak step.
-POMDP_LAMBDAS = (0.0005, 0.001, 0.002, 0.004, 0.008, 0.016, 0.032)
+# it keeps almost every weak step, densest where the curve bends. A POMDP solves in seconds, so unlike a
+# trained policy each point costs only its run.
+POMDP_LAMBDAS = (0.0005, 0.001, 0.002, 0.004, 0.006, 0.008, 0.01, 0.012, 0.016, 0.024, 0.032)
 
 
 def pomdp_sweeps(harness: Harness, problems: Sequence, model, lambdas: Sequence[float] = POMDP_LAMBDAS,

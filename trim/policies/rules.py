@@ -32,7 +32,8 @@ class Threshold(Policy):
         if not 0.0 <= k <= 1.0:
             raise ValueError(f"threshold k must be in [0, 1], got {k}")
         self.k = float(k)
-        self.name = name or f"TRIM-Thr(k={self.k:g})"
+        # The name is the trace file's name: it keeps k whole, so that two thresholds are two traces.
+        self.name = name or f"TRIM-Thr(k={self.k!r})"
 
     def regenerate(self, observation: Observation) -> bool:
         return observation.score < self.k
@@ -56,7 +57,7 @@ class RandomRegeneration(Policy):
         if not 0.0 <= rate <= 1.0:
             raise ValueError(f"rate must be in [0, 1], got {rate}")
         self.rate, self.seed = float(rate), seed
-        self.name = f"random(rate={self.rate:.3g})"
+        self.name = f"random(rate={self.rate!r}, seed={self.seed})"   # whole, as Threshold's
 
     def regenerate(self, observation: Observation) -> bool:
         return stable_uniform(join_key(self.seed, observation.problem_id, observation.step_index)) < self.rate
