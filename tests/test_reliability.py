@@ -139,3 +139,46 @@ def test_policy_names_keep_the_knobs_whole_value(tmp_path, capsys):
     capsys.readouterr()
     assert sorted(p.name for p in tmp_path.glob("*.jsonl")) == ["TRIM-Thr_k=0.1234567_.jsonl",
                                                                "TRIM-Thr_k=0.1234568_.jsonl"]
+
+
+SCORE_FIELDS = {"score", "previous_scores"}
+
+
+def differences(a, b, path="", tolerance=1e-5) -> list[str]:
+    """Where two records differ: exactly, except PRM scores, which may differ by `tolerance`."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        if a.keys() != b.keys():
+            return [f"{path}: keys {sorted(a.keys() ^ b.keys())}"]
+        return [d for key in a for d in differences(a[key], b[key], f"{path}.{key}", tolerance)]
+    if isinstance(a, list) and isinstance(b, list):
+        if len(a) != len(b):
+            return [f"{path}: {len(a)} != {len(b)} items"]
+        return [d for i, (x, y) in enumerate(zip(a, b)) for d in differences(x, y, f"{path}[{i}]", tolerance)]
+    if path.rsplit(".", 1)[-1].split("[")[0] in SCORE_FIELDS and isinstance(a, float) and isinstance(b, float):
+        return [] if abs(a - b) <= tolerance else [f"{path}: {a} != {b}"]
+    return [] if a == b else [f"{path}: {a!r} != {b!r}"]
+
+
+def test_a_killed_and_resumed_run_equals_an_uninterrupted_one_field_by_field(tmp_path):
+    # What "same seed, same traces" guarantees (README): every field equal, PRM scores to float rounding.
+    argv = [sys.executable, "-m", "trim", "run", "--policy", "thr", "--k", "0.5", "--problems", "40", "--quiet"]
+    whole = subprocess.run([*argv, "--out", str(tmp_path / "whole")], capture_output=True, text=True, timeout=600)
+    assert whole.returncode == 0, whole.stderr
+    out = tmp_path / "resumed"
+    proc = subprocess.Popen([*argv, "--out", str(out)], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and sum(len(p.read_bytes().splitlines()) for p in out.glob("*.jsonl")) < 5:
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.communicate()
+    (trace,) = out.glob("*.jsonl")
+    kept = len(trace.read_bytes().splitlines())
+    assert 5 <= kept < 40
+    again = subprocess.run([*argv, "--out", str(out)], capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0, again.stderr
+    from trim.traces import read_traces
+
+    by_id = {r["problem_id"]: r for r in read_traces(trace)}
+    reference = {r["problem_id"]: r for r in read_traces(next((tmp_path / "whole").glob("*.jsonl")))}
+    assert by_id.keys() == reference.keys()
+    assert [d for pid in reference for d in differences(reference[pid], by_id[pid], pid)] == []
