@@ -232,12 +232,22 @@ def train(policy: ActorCriticPolicy, environment: Environment, config: PPOConfig
               "config": dataclasses.asdict(config), "architecture": policy.architecture,
               "environment": key["environment"], "wall_seconds": round(time.perf_counter() - started, 1),
               "torch": torch.__version__, "chosen": state["best"],
-              "training": state["training"], "validation": state["validation"]}
+              # The per-batch curve to 4 significant digits: it is for plotting, and it is most of the file.
+              "training": [{k: float(f"{v:.4g}") if isinstance(v, float) else v for k, v in row.items()}
+                           for row in state["training"]],
+              "validation": state["validation"]}
     if out is not None:
         policy.save(out)
-        (out / "training.json").write_text(json.dumps(record, indent=1) + "\n")
+        (out / "training.json").write_text(training_json(record))
         state_path.unlink(missing_ok=True)
     return record
+
+
+def training_json(record: dict) -> str:
+    """`training.json`'s text: indented, but one line per PPO batch of the curve, which is most of the file."""
+    rows = ",\n  ".join(json.dumps(row) for row in record["training"])
+    return json.dumps({**record, "training": None}, indent=1).replace('"training": null',
+                                                                       f'"training": [\n  {rows}\n ]') + "\n"
 
 
 class EngineEnvironment:
