@@ -1,13 +1,22 @@
 """TRIM-POMDP: the grid solver against exact answers, the routing model, and the policy."""
 
 import itertools
+import math
 
 import numpy as np
 import pytest
 
 from trim.policies import Observation, make_policy
 from trim.policies.pomdp import TrimPOMDP, solve
-from trim.pomdp.model import BINS, RoutingModel, hazard_from_lengths, load_model, reflected_kde_table, shipped
+from trim.pomdp.model import (
+    BINS,
+    RoutingModel,
+    from_release,
+    hazard_from_lengths,
+    load_model,
+    reflected_kde_table,
+    shipped,
+)
 from trim.pomdp.solver import SimplexGrid, Stage, solve_discounted, solve_finite
 from trim.testbed.reference import REAL_PRM_STATES
 
@@ -190,6 +199,9 @@ def test_missing_or_malformed_model_files_are_one_clear_error(tmp_path, capsys):
     bad.write_text('{"name": "x", "p_weak": 0.8}')
     with pytest.raises(ValueError, match="bad.json is not a routing POMDP model .*missing fields"):
         load_model(bad)
+    bad.write_text("[1, 2]")
+    with pytest.raises(ValueError, match="holds a JSON list, not an object"):
+        load_model(bad)
     bad.write_text("{not json")
     with pytest.raises(ValueError, match="is not a routing POMDP model"):
         make_policy("pomdp", 0.004, obs_model=str(bad))
@@ -208,7 +220,13 @@ def test_blended_noise_keeps_a_steps_score_fixed_and_scales_from_the_prm_to_pure
         def score(self, questions, steps):
             return [[0.9] * len(s) for s in steps]
 
+    class Unscored(Constant):
+        def score(self, questions, steps):
+            return [[None, float("nan")] for _ in steps]
+
     questions, steps = ["q1", "q2"], [["a", "b", "c"], ["a", "b"]]
+    kept = BlendedNoisePRM(Unscored(), 0.5).score(["q"], [["a", "b"]])[0]
+    assert kept[0] is None and math.isnan(kept[1])          # an unscored step stays unscored
     assert BlendedNoisePRM(Constant(), 0.0).score(questions, steps) == Constant().score(questions, steps)
     half = BlendedNoisePRM(Constant(), 0.5, seed=3)
     rows = half.score(questions, steps)
@@ -230,3 +248,17 @@ def test_prm_noise_command_writes_one_row_per_strength_and_family(tmp_path, caps
     table = pd.read_csv(tmp_path / "prm_noise.csv")
     assert len(table) == 6 and set(table["policy"]) == {"TRIM-Thr", "TRIM-Agg", "TRIM-POMDP"}
     assert set(table["strength"]) == {0.0, 0.5}
+
+
+def test_a_release_table_that_asks_to_run_code_is_refused(tmp_path):
+    import os
+    import pickle
+
+    class Payload:
+        def __reduce__(self):
+            return os.system, ("echo this must not run",)
+
+    (tmp_path / "pomdp_data").mkdir()
+    (tmp_path / "pomdp_data" / "math-train_obs_distributions_bin_size_0.05.pkl").write_bytes(pickle.dumps(Payload()))
+    with pytest.raises(ValueError, match="asks for posix.system"):
+        from_release(tmp_path)

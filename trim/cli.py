@@ -152,7 +152,8 @@ def _add_pomdp_model(sub) -> None:
             tb = testbed.load()
             problems = tb.splits["train"][: args.problems]
             prm = tb.prm if args.testbed_prm == "model" else KNOWING_PRMS[args.testbed_prm](problems)
-            fitted = model.fit_testbed(tb, problems, prm=prm, seed=args.seed)
+            fitted = model.fit_testbed(tb, problems, prm=prm, seed=args.seed,
+                                       name="testbed" if args.testbed_prm == "model" else f"testbed-{args.testbed_prm}")
         fitted.save(out)
         print(f"{fitted.name}: p_w {fitted.p_weak:.4f}, p_s {fitted.p_strong:.4f}, {fitted.max_steps} steps -> {out}")
         return 0
@@ -177,12 +178,19 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.func(args) or 0
     except KeyboardInterrupt:
-        # Every finished problem (or PPO checkpoint) is already on disk; say where, and how to go on.
-        kept = {"train-policy": "each policy's PPO state (state.pt, every --validate-every batches)",
-                "testbed": "nothing (the report is written at the end)"}.get(
-            args.command, f"every finished problem, in the trace files under {getattr(args, 'out', None) or 'runs/'}")
-        print(f"trim {args.command}: interrupted; kept {kept}; run the same command again to resume",
-              file=sys.stderr)
+        # What is already on disk, and how to go on: traces are appended per finished problem, PPO saves
+        # its state every --validate-every batches; the other commands write at their end, or nothing.
+        traced = {"run", "sweep", "calibrate", "baselines", "prm-noise"}
+        if args.command in traced:
+            where = args.out or "runs/<split> (under $TRIM_RUNS_DIR if set)"
+            said = (f"kept every finished problem, in the trace files under {where}; run the same command again "
+                    "to resume")
+        elif args.command == "train-policy":
+            said = ("kept each policy's PPO state (state.pt, saved every --validate-every batches); run the same "
+                    "command again to resume")
+        else:
+            said = "nothing was written; run the command again"
+        print(f"trim {args.command}: interrupted; {said}", file=sys.stderr)
         return 130
     except Exception as error:
         # CommandError, TraceError and every bad-input error of the library are ValueErrors or OSErrors; a

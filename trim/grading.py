@@ -792,7 +792,10 @@ def _start_watchdog() -> None:
     if os.fork():
         return
     try:
-        fds = [int(fd) for fd in os.listdir("/proc/self/fd")] if os.path.isdir("/proc/self/fd") else range(3, 256)
+        import signal
+
+        signal.signal(signal.SIGINT, signal.SIG_IGN)   # Ctrl-C in the terminal is for the parent
+        fds = [int(fd) for fd in os.listdir("/proc/self/fd")] if os.path.isdir("/proc/self/fd") else range(256)
         for fd in fds:
             try:
                 os.close(fd)

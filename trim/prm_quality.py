@@ -3,6 +3,8 @@ ProcessBench's first-error F1. Scores are P(step correct); labels are True for a
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pandas as pd
 
@@ -73,14 +75,15 @@ class BlendedNoisePRM:
         if not 0 <= strength <= 1:
             raise ValueError(f"noise strength must be in [0, 1] (got {strength})")
         self.prm, self.strength, self.seed = prm, float(strength), seed
-        self.name = f"{prm.name}+uniform-noise-{strength:g}-seed-{seed}"
+        self.name = f"{prm.name}+uniform-noise-{self.strength!r}-seed-{seed}"   # whole: two strengths, two names
 
     def score(self, questions, steps) -> list[list[float]]:
         from trim.hashing import join_key, stable_uniform
 
         out = []
         for question, prefix, row in zip(questions, steps, self.prm.score(questions, steps)):
-            out.append([(1 - self.strength) * r + self.strength * stable_uniform(join_key(self.seed, question,
-                                                                                          *prefix[: i + 1]))
+            out.append([r if r is None or math.isnan(r)   # an unscored step stays unscored
+                        else (1 - self.strength) * r + self.strength * stable_uniform(join_key(self.seed, question,
+                                                                                               *prefix[: i + 1]))
                         for i, r in enumerate(row)])
         return out

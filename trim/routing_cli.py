@@ -9,6 +9,7 @@ import argparse
 import collections
 import json
 import os
+import sys
 import tempfile
 from pathlib import Path
 
@@ -190,7 +191,7 @@ def check_trace(path: Path, expected: dict, problem_ids=None) -> None:
     """Before any model loads: the trace a run will append to can be opened, is not being written by
     another run, holds only sound records of this run's problems (`traces.scan`), and was written with the
     same problems and policy (the fields known without the models)."""
-    from trim.traces import TraceError, describe_difference, scan
+    from trim.traces import TraceError, check_problem_ids, describe_difference, scan
 
     if path.is_dir():
         raise CommandError(f"{path} is a directory, but the run writes its trace there; move it away")
@@ -208,7 +209,7 @@ def check_trace(path: Path, expected: dict, problem_ids=None) -> None:
                 except OSError:
                     raise CommandError(f"{path} is being written by another process (it holds the file's lock); "
                                        "wait for that run to finish, or pass another --out") from None
-            lines = scan(path, fh.read(), problem_ids)   # a partial last line is left for the run to repair
+            lines = scan(path, fh.read())   # a partial last line is left for the run to repair
     except OSError as error:
         raise CommandError(f"{path} cannot be opened for appending ({error.strerror or error})") from None
     except TraceError as error:
@@ -219,6 +220,11 @@ def check_trace(path: Path, expected: dict, problem_ids=None) -> None:
             raise CommandError(f"{path}:{number} was written with other settings: "
                                f"{describe_difference(there, expected, 'the file', 'this run')}; "
                                "pass another --out, or delete the file to start over")
+    if problem_ids is not None:
+        try:
+            check_problem_ids(path, lines, problem_ids)
+        except TraceError as error:
+            raise CommandError(str(error)) from None
 
 
 def _problems(args, split: str | None = None) -> list:
@@ -364,10 +370,14 @@ def cmd_baselines(args) -> int:
     options = pomdp_options(args)
     harness, problems = _harness(args, out)
     splits = testbed.Splits()
+    learned = learned_sweeps(harness, problems, policies_root(args))   # TRIM-Agg and -Seq over their lambdas
+    if not learned:
+        print(f"no TRIM-Agg or TRIM-Seq policies under {policies_root(args)} (trained under this --testbed-prm): "
+              "they are left out; train them with `trim train-policy`, or pass --policies", file=sys.stderr)
     train = splits["train"][: args.train_problems]
     validation = splits["validation"][: args.validation_problems]
     steps = {"TRIM-Thr": harness.sweep(problems, threshold_grid(args.points)), "RSD": harness.sweep(problems, [RSD()]),
-             **learned_sweeps(harness, problems, policies_root(args)),   # TRIM-Agg and -Seq over their lambdas
+             **learned,
              **pomdp_sweeps(harness, problems, routing_model(options["obs_model"], options["dynamics"]))}
     # The ceiling: regenerate exactly the wrong steps (a PRM that knows each step's label).
     oracle = harness.with_prm(OraclePRM(problems), trace_dir=out / "oracle").run(problems, Threshold(0.5))
@@ -407,11 +417,15 @@ def cmd_prm_noise(args) -> int:
     from trim.sweep import prm_noise_sweeps
     from trim.testbed import evaluate
 
+    if args.preset != "testbed" or args.testbed_prm != "model":
+        raise CommandError("prm-noise blends noise into the testbed PRM's scores and refits on labelled testbed "
+                           "steps: drop --preset and --testbed-prm")
     out = Path(args.out) if args.out else runs_dir(args.split, "prm-noise")
     options = pomdp_options(args)
     harness, problems = _harness(args, out)
-    tb = testbed.load()
-    samples = evaluate.sample_solutions(tb.weak, tb.splits["train"][: args.sample_problems], seed=args.seed)
+    # Labelled solutions of the harness's own weak model, for the POMDP's refit observation model.
+    samples = evaluate.sample_solutions(harness.weak.generator, testbed.Splits()["train"][: args.sample_problems],
+                                        seed=args.seed)
     table = prm_noise_sweeps(harness, problems, args.strengths, routing_model(options["obs_model"],
                              options["dynamics"]), samples, policies_root(args), seed=args.seed)
     _print(table)
@@ -420,7 +434,6 @@ def cmd_prm_noise(args) -> int:
     return 0
 
 
-POLICY_FIELDS = ("policy", "policy_class", "policy_params")
 def _read_run(path: str) -> list[dict]:
     """One run's records, checked: every record summarizable, one setting, one record per problem, complete."""
     from trim.traces import describe_difference, read_lines, record_fault
@@ -465,6 +478,9 @@ def _read_run(path: str) -> list[dict]:
         raise CommandError(f"{path} holds {len(lines)} of the {problems['count']} problems its run was started on; "
                            "finish the run (rerun the same command) first")
     return [record for _, record in lines]
+
+
+POLICY_FIELDS = ("policy", "policy_class", "policy_params")   # what may differ between runs compared
 
 
 def _check_same_setup(files: dict[str, list[dict]]) -> None:

@@ -104,7 +104,7 @@ def prm_noise_sweeps(harness: Harness, problems: Sequence, strengths: Sequence[f
     rows = []
     for strength in strengths:
         prm = BlendedNoisePRM(harness.prm, strength, seed)   # the clean scores come from the harness's cache
-        noisy = harness.with_prm(prm)
+        noisy = harness.with_prm(prm, None if harness.trace_dir is None else harness.trace_dir / f"noise-{strength!r}")
         refit = refit_observations(model, prm, samples, seed)
         families = {"TRIM-Thr": noisy.sweep(problems, threshold_grid(points)),
                     **learned_sweeps(noisy, problems, root, kinds=("agg",)),

@@ -84,16 +84,13 @@ def _short(value) -> str:
     return text if len(text) <= 40 else text[:37] + "..."
 
 
-def record_fault(record, problem_ids=None) -> str | None:
+def record_fault(record) -> str | None:
     """What is wrong with a trace record (a hand edit, another program's file), or None: the checks a
-    resume and `trim metrics` apply before they trust a record. `problem_ids`, if given, are the problems
-    the record may belong to."""
+    resume and `trim metrics` apply before they trust a record."""
     if not isinstance(record, dict) or "problem_id" not in record or not isinstance(record.get("settings"), dict):
         return "is not a trace record (it needs problem_id and settings)"
     if not isinstance(record["problem_id"], str) or not record["problem_id"]:
         return f"has problem_id = {_short(record['problem_id'])}, not a problem's id (a string)"
-    if problem_ids is not None and record["problem_id"] not in problem_ids:
-        return f"is a record of problem {record['problem_id']!r}, which is not among this run's problems"
     settings = record["settings"]
     for key in ("policy", "policy_class"):
         if not isinstance(settings.get(key), str):
@@ -116,7 +113,7 @@ def _loads(text: str):
         raise json.JSONDecodeError("nested too deeply to be a trace record", text, 0) from None
 
 
-def _parse_line(raw: bytes, problem_ids=None) -> tuple[dict | None, str | None, bool]:
+def _parse_line(raw: bytes) -> tuple[dict | None, str | None, bool]:
     """(record, None, True), or (None, what is wrong with the line, whether it could be a cut-off record)."""
     cut_off = raw.lstrip().startswith(b"{")  # a record's line starts with '{'; a prefix of it never parses
     try:
@@ -127,13 +124,13 @@ def _parse_line(raw: bytes, problem_ids=None) -> tuple[dict | None, str | None, 
         record = _loads(text)
     except json.JSONDecodeError as error:
         return None, f"is not valid JSON ({error.msg})", cut_off
-    fault = record_fault(record, problem_ids)
+    fault = record_fault(record)
     if fault is not None:
         return None, fault, False
     return record, None, True
 
 
-def scan(path: str | Path, data: bytes, problem_ids=None) -> list[tuple[int, int, bool, dict]]:
+def scan(path: str | Path, data: bytes) -> list[tuple[int, int, bool, dict]]:
     """The records a resume keeps, as (line number, end offset after its newline, has newline, record).
 
     A cut-off last line (a kill mid-write) is dropped; any other bad line is a `TraceError` naming the
@@ -141,7 +138,7 @@ def scan(path: str | Path, data: bytes, problem_ids=None) -> list[tuple[int, int
     parsed = []
     for number, _, end, has_newline, raw in _lines(data):
         if raw.strip():
-            parsed.append((number, end, has_newline, *_parse_line(raw, problem_ids)))
+            parsed.append((number, end, has_newline, *_parse_line(raw)))
     if parsed and parsed[-1][4] is not None and parsed[-1][5]:
         parsed.pop()
     seen: dict[str, int] = {}
@@ -156,6 +153,15 @@ def scan(path: str | Path, data: bytes, problem_ids=None) -> list[tuple[int, int
                              "this file at once?); keep one record per problem, or delete the file")
         seen[pid] = number
     return [(number, end, has_newline, record) for number, end, has_newline, record, _, _ in parsed]
+
+
+def check_problem_ids(path: str | Path, records, problem_ids) -> None:
+    """Refuse a record of a problem this run does not solve (a hand edit, or a file of another problem set
+    with the same settings), naming its line."""
+    for number, _, _, record in records:
+        if record["problem_id"] not in problem_ids:
+            raise TraceError(f"{path}:{number} is a record of problem {record['problem_id']!r}, which is not among "
+                             "this run's problems; delete that line (or the file) to resume")
 
 
 def _lines(data: bytes):
@@ -217,13 +223,15 @@ class TraceWriter:
     def _resume(self) -> None:
         size = os.fstat(self._fd).st_size
         data = os.pread(self._fd, size, 0) if size else b""
-        parsed = scan(self.path, data, self.problem_ids)
+        parsed = scan(self.path, data)
         for number, _, _, record in parsed:
             if record["settings"] != self.settings:
                 raise TraceError(f"{self.path}:{number} was written with other settings: "
                                  f"{describe_difference(record['settings'], self.settings, 'the file', 'this run')}"
                                  "; write to a new path, or delete the file to start over")
-            self.done[record["problem_id"]] = record
+        if self.problem_ids is not None:
+            check_problem_ids(self.path, parsed, self.problem_ids)
+        self.done = {record["problem_id"]: record for _, _, _, record in parsed}
         # Repair only once the file is known to be resumable (a refused file is left as it was), and only
         # by truncation or by appending one newline: each is one system call, atomic under a kill.
         good_end = parsed[-1][1] if parsed else 0

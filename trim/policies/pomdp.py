@@ -16,13 +16,15 @@ rewriting, minus lambda times the candidate's tokens, beats keeping it.
 
 from __future__ import annotations
 
+import os
+import tempfile
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from trim.policies.base import Observation, Policy
-from trim.pomdp.model import RoutingModel, score_bin
+from trim.pomdp.model import BINS, RoutingModel, score_bin
 from trim.pomdp.solver import SimplexGrid, solve_finite
 
 BELIEFS = ("filter", "release")
@@ -40,13 +42,15 @@ def solve(model: RoutingModel, lam: float, observation: str, resolution: int = 4
     if path.is_file():
         try:
             return np.load(path)
-        except (ValueError, OSError):
-            pass   # a torn write: solve again (seconds) and overwrite
+        except (ValueError, OSError, EOFError):
+            pass   # a torn or foreign file: solve again (seconds) and replace it
     q = solve_finite(SimplexGrid(3, resolution), model.stages(lam, observation))
     folder.mkdir(parents=True, exist_ok=True)
-    partial = path.with_suffix(".partial.npy")
-    np.save(partial, q)
-    partial.replace(path)
+    # A file of its own, renamed into place: two processes solving the same table never see half of one.
+    handle, partial = tempfile.mkstemp(dir=folder, prefix=path.stem, suffix=".partial.npy")
+    with os.fdopen(handle, "wb") as out:
+        np.save(out, q)
+    os.replace(partial, path)
     return q
 
 
@@ -73,7 +77,7 @@ class TrimPOMDP(Policy):
     # --- beliefs -----------------------------------------------------------------------------------------
     def _cell(self, score: float, earlier: float) -> int:
         cell = score_bin(score)
-        return score_bin(earlier) * 20 + cell if self.observation == "joint" else cell
+        return score_bin(earlier) * BINS + cell if self.observation == "joint" else cell
 
     def belief_after(self, observation: Observation) -> np.ndarray:
         """The belief over (S0, S1, S2) once the candidate's score is read."""
@@ -104,10 +108,14 @@ class TrimPOMDP(Policy):
         return beliefs
 
     # --- decisions ---------------------------------------------------------------------------------------
+    def table(self, step_index: int) -> np.ndarray:
+        """The solved (keep, rewrite) values at every grid belief for a 1-based step. Past the model's last
+        step (the engine's --max-steps above it) the last one's: a solution that must end now."""
+        return self.q[min(step_index, len(self.q)) - 1]
+
     def action_values(self, belief: np.ndarray, step_index: int) -> np.ndarray:
         """(keep, rewrite) values at a belief and 1-based step, before the candidate's own cost."""
-        epoch = min(step_index, len(self.q)) - 1
-        return self.grid.interpolate(self.q[epoch], np.asarray(belief, dtype=float))
+        return self.grid.interpolate(self.table(step_index), np.asarray(belief, dtype=float))
 
     def regenerate(self, observation: Observation) -> bool:
         belief = self.belief_after(observation)
@@ -120,7 +128,7 @@ class TrimPOMDP(Policy):
 def decision_table(policy: TrimPOMDP, step_index: int, tokens: int) -> pd.DataFrame:
     """The solved policy at every belief of its grid for one step index and candidate length: the belief,
     the advantage of rewriting (value of rewriting - lambda x tokens - value of keeping) and the action."""
-    keep, rewrite = policy.q[min(step_index, len(policy.q)) - 1].T
+    keep, rewrite = policy.table(step_index).T
     advantage = rewrite - policy.lam * tokens - keep
     return pd.DataFrame({"S0": policy.grid.points[:, 0], "S1": policy.grid.points[:, 1], "S2": policy.grid.points[:, 2],
                          "advantage": advantage, "regenerate": advantage > 0})

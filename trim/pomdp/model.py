@@ -57,7 +57,8 @@ class RoutingModel:
     def __post_init__(self):
         problems = []
         if not (0 < self.p_weak < 1 and 0 < self.p_strong <= 1):
-            problems.append(f"step accuracies must lie in (0, 1] (p_weak {self.p_weak}, p_strong {self.p_strong})")
+            problems.append(f"step accuracies must be p_weak in (0, 1) and p_strong in (0, 1] (got {self.p_weak}, "
+                            f"{self.p_strong})")
         hazard = np.asarray(self.hazard, dtype=float)
         if hazard.ndim != 1 or not len(hazard) or np.any((hazard < 0) | (hazard > 1)) or hazard[-1] != 1:
             problems.append("hazard must be probabilities, one per step, the last 1 (every solution ends)")
@@ -136,6 +137,8 @@ def load_model(path: str | Path) -> RoutingModel:
                                 "`trim.pomdp.model.fit_testbed`)")
     try:
         data = json.loads(path.read_text())
+        if not isinstance(data, dict):
+            raise ValueError(f"it holds a JSON {type(data).__name__}, not an object")
         fields = {f.name for f in dataclasses.fields(RoutingModel)}
         missing = sorted(fields - {"source"} - set(data))
         if missing:
@@ -205,7 +208,7 @@ def observation_points(table) -> dict[str, np.ndarray]:
     points = {state: [] for state in STATES}
     for _, steps in table.sort_values(["problem_id", "step"]).groupby("problem_id", sort=False):
         scores = steps["score"].to_numpy(dtype=float)
-        earlier = np.minimum.accumulate(np.concatenate([[1.0], scores[:-1]]))
+        earlier = np.fmin.accumulate(np.concatenate([[1.0], scores[:-1]]))   # an unscored (NaN) step is skipped
         for low, r, state in zip(earlier, scores, steps["state"]):
             if np.isfinite(r) and np.isfinite(low):
                 points[state].append((low, r))
@@ -264,20 +267,39 @@ class _ReleasePickle:
     its fields into this stand-in rather than needing that class."""
 
 
-def release_hazard(predictor_pickle: str | Path, max_steps: int = 30) -> tuple[float, ...]:
-    """hazard[t - 1] = P(a weak solution has t steps | it has at least t) from the release's
-    `math_train_terminal_predictor_slm.pkl` (its `probs_dict` maps a step count to that hazard)."""
+def _load_release_pickle(path: Path):
+    """A release pickle, read with only the classes its tables use (numpy arrays and scalars, the length
+    model's stand-in): a pickle can run code, and this one comes from a folder the user names."""
     import pickle
+
+    allowed = {("numpy", "dtype"), ("numpy", "ndarray"), ("numpy.core.multiarray", "_reconstruct"),
+               ("numpy._core.multiarray", "_reconstruct"), ("numpy.core.multiarray", "scalar"),
+               ("numpy._core.multiarray", "scalar"), ("builtins", "set"), ("builtins", "frozenset")}
 
     class Unpickler(pickle.Unpickler):
         def find_class(self, module, name):
             if (module, name) == ("__main__", "TerminalPredictor"):
                 return _ReleasePickle
-            return super().find_class(module, name)
+            if (module, name) in allowed:
+                return super().find_class(module, name)
+            raise pickle.UnpicklingError(f"it asks for {module}.{name}, which the release's tables do not use")
 
-    with open(predictor_pickle, "rb") as handle:
-        predictor = Unpickler(handle).load()
-    hazard = [float(predictor.probs_dict.get(t, 0.0)) for t in range(1, max_steps + 1)]
+    try:
+        with open(path, "rb") as handle:
+            return Unpickler(handle).load()
+    except (pickle.UnpicklingError, EOFError, AttributeError, ImportError, IndexError, TypeError) as error:
+        raise ValueError(f"{path} is not one of the release's tables ({error})") from None
+
+
+def release_hazard(predictor_pickle: str | Path, max_steps: int = 30) -> tuple[float, ...]:
+    """hazard[t - 1] = P(a weak solution has t steps | it has at least t) from the release's
+    `math_train_terminal_predictor_slm.pkl` (its `probs_dict` maps a step count to that hazard)."""
+    predictor = _load_release_pickle(Path(predictor_pickle))
+    probs = getattr(predictor, "probs_dict", None)
+    if not isinstance(probs, dict):
+        raise ValueError(f"{predictor_pickle} has no probs_dict (step count -> hazard); is it the release's "
+                         "terminal predictor?")
+    hazard = [float(probs.get(t, 0.0)) for t in range(1, max_steps + 1)]
     hazard[-1] = 1.0
     return tuple(hazard)
 
@@ -290,15 +312,17 @@ def from_release(release_dir: str | Path, p_weak: float = 0.866, p_strong: float
     `pomdp_data/transition_params`) and the hazard of its weak solutions; later rewrites cost its fixed 60
     tokens. The hazard is read as P(a solution has t steps | at least t) at step t; the release's solver
     applies it one step later."""
-    import pickle
-
     release_dir = Path(release_dir)
-    with open(release_dir / "pomdp_data" / "math-train_obs_distributions_bin_size_0.05.pkl", "rb") as handle:
-        raw = pickle.load(handle)     # plain dicts, lists and floats
-    table = np.stack([np.asarray(raw[s][1], dtype=float).reshape(BINS, BINS) for s in (0, 1, 2)])
-    centres = np.array([[float(a), float(b)] for a, b in raw[0][0]]).reshape(BINS, BINS, 2)
-    if not np.allclose(centres[:, 0, 0], (np.arange(BINS) + 0.5) / BINS):
-        raise ValueError(f"{release_dir}: observation cells are not ordered lowest-earlier-score first")
+    tables = release_dir / "pomdp_data" / "math-train_obs_distributions_bin_size_0.05.pkl"
+    raw = _load_release_pickle(tables)
+    try:
+        table = np.stack([np.asarray(raw[s][1], dtype=float).reshape(BINS, BINS) for s in (0, 1, 2)])
+        centres = np.array([[float(a), float(b)] for a, b in raw[0][0]]).reshape(BINS, BINS, 2)
+    except (KeyError, IndexError, TypeError, ValueError) as error:
+        raise ValueError(f"{tables}: not 3 states x {BINS} x {BINS} cells of (centre, mass) ({error})") from None
+    middles = (np.arange(BINS) + 0.5) / BINS
+    if not (np.allclose(centres[:, 0, 0], middles) and np.allclose(centres[0, :, 1], middles)):
+        raise ValueError(f"{tables}: observation cells are not ordered lowest-earlier-score first, then r_t")
     return RoutingModel(
         name=name, p_weak=p_weak, p_strong=p_strong,
         hazard=release_hazard(release_dir / "pomdp_data" / "math_train_terminal_predictor_slm.pkl"),

@@ -6,9 +6,10 @@ function linearly inside each small simplex, so one backup of the value function
 operations over (grid points x actions x observations): a routing POMDP solves in seconds with numpy,
 where the official release runs SARSOP in Julia once per belief point, step and token bin.
 
-The value function of a POMDP is convex in the belief; linear interpolation between grid points is
-a bound from above that tightens as the grid gets finer (Lovejoy 1991), exact at the vertices of the
-simplex. `tests/test_pomdp.py` checks the solver against exact values on the Tiger problem.
+The value function of a POMDP is convex in the belief, so linear interpolation between grid points
+bounds it from above, and the computed values are upper bounds that tighten as the grid gets finer
+(Lovejoy 1991).
+`tests/test_pomdp.py` checks the solver against exact values on the Tiger problem.
 """
 
 from __future__ import annotations
