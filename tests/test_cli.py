@@ -351,7 +351,9 @@ def test_a_run_over_another_problem_set_or_a_locked_trace_is_refused_before_load
     trace = tmp_path / "weak-only.jsonl"
     settings = {"policy": "weak-only", "policy_class": "WeakOnly", "policy_params": {}, "seed": 0, "max_steps": 30,
                 "max_tokens": 4096, "problems": problem_set(testbed.Splits()["test"][:2])}
-    trace.write_text(json.dumps({"problem_id": "test-0", "settings": settings}) + "\n")
+    trace.write_text(json.dumps({"problem_id": "test-0", "correct": True, "strong_tokens": 0, "weak_tokens": 9,
+                                 "discarded_tokens": 0, "num_steps": 2, "regenerated_steps": 0, "steps": [],
+                                 "settings": settings}) + "\n")
     line = assert_one_line_error(console("run", "--policy", "weak-only", "--split", "validation", "--problems", "2",
                                          "--quiet", "--out", tmp_path), f"{trace}:1 was written with other settings")
     assert 'problems.first_id is "test-0" in the file, "validation-0" in this run' in line

@@ -109,7 +109,12 @@ def test_values_that_cannot_work_are_refused_before_any_model_loads(capsys, argv
 
 def test_ctrl_c_says_what_was_kept_and_a_rerun_resumes(tmp_path):
     out = tmp_path / "runs"
-    argv = [sys.executable, "-m", "trim", "run", "--policy", "thr", "--problems", "120", "--quiet", "--out", str(out)]
+    args = ["run", "--policy", "thr", "--problems", "120", "--quiet", "--out", str(out)]
+    # A shell without job control starts background jobs with SIGINT ignored, and Python then keeps ignoring
+    # it: the child reinstates Ctrl-C's KeyboardInterrupt, as in a terminal, before running `trim`.
+    argv = [sys.executable, "-c", "import runpy, signal, sys; "
+            "signal.signal(signal.SIGINT, signal.default_int_handler); "
+            f"sys.argv = ['trim', *{args!r}]; runpy.run_module('trim', run_name='__main__')"]
     proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and not any(p.stat().st_size for p in out.glob("*.jsonl")):
@@ -182,3 +187,17 @@ def test_a_killed_and_resumed_run_equals_an_uninterrupted_one_field_by_field(tmp
     reference = {r["problem_id"]: r for r in read_traces(next((tmp_path / "whole").glob("*.jsonl")))}
     assert by_id.keys() == reference.keys()
     assert [d for pid in reference for d in differences(reference[pid], by_id[pid], pid)] == []
+
+
+def test_a_split_seed_draws_fresh_problems_and_keeps_their_traces_apart(tmp_path, capsys):
+    argv = ["run", "--policy", "thr", "--problems", "3", "--quiet", "--out", str(tmp_path)]
+    assert main(argv) == 0
+    first = json.loads(capsys.readouterr().out)
+    assert main([*argv, "--split-seed", "7"]) == 2      # the same trace file, other problems: refused, named
+    assert "problems.digest" in one_line_error(capsys)
+    assert main([*argv[:-1], str(tmp_path / "fresh"), "--split-seed", "7"]) == 0
+    fresh = json.loads(capsys.readouterr().out)
+    assert fresh["problems"] == first["problems"] == 3
+    from trim.testbed import Splits
+
+    assert Splits(7)["test"][0].question != Splits(0)["test"][0].question

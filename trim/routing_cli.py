@@ -76,6 +76,9 @@ router_validation_problems = _integer(10, "at least 10 (the routers tune their t
 
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--split", choices=SPLITS, default="test", help="testbed split to solve (default: test)")
+    p.add_argument("--split-seed", type=int, default=0,
+                   help="draw the testbed's splits with this seed (default 0, the shipped splits; another seed gives "
+                        "fresh problems, e.g. to re-measure the shipped policies)")
     p.add_argument("--problems", type=positive_int, default=None, help="solve only the first N problems of the split")
     p.add_argument("--seed", type=int, default=0, help="the run's sampling seed (same seed, same traces)")
     p.add_argument("--max-steps", type=positive_int, default=30, help="stop a solution after this many steps")
@@ -239,7 +242,7 @@ def _problems(args, split: str | None = None) -> list:
         problems = load_dataset(args.dataset, "test")[: args.problems]
     else:
         split = split or args.split
-        problems = testbed.Splits()[split][: args.problems]
+        problems = testbed.Splits(args.split_seed)[split][: args.problems]
     if not problems:
         raise CommandError(f"{args.dataset or split!r} gave no problems to solve")
     return problems
@@ -262,7 +265,7 @@ def _harness(args, trace_dir: Path, split: str | None = None, before_load=None):
         before_load(trace_dir, problems)
     # The run seed varies the samples; the generators keep seed 0 so that seed s reproduces `--seed s`.
     if args.preset == "testbed":
-        tb = testbed.load(data_dir=models)
+        tb = testbed.load(data_dir=models, split_seed=args.split_seed)
         weak, strong, prm = tb.weak, tb.strong, tb.prm
         if args.testbed_prm != "model":  # it must know every problem a command scores, routers' training included
             prm = KNOWING_PRMS[args.testbed_prm]([p for split in SPLITS for p in tb.splits[split]])
@@ -369,7 +372,7 @@ def cmd_baselines(args) -> int:
     out = Path(args.out) if args.out else runs_dir(args.split)
     options = pomdp_options(args)
     harness, problems = _harness(args, out)
-    splits = testbed.Splits()
+    splits = testbed.Splits(args.split_seed)
     learned = learned_sweeps(harness, problems, policies_root(args))   # TRIM-Agg and -Seq over their lambdas
     if not learned:
         print(f"no TRIM-Agg or TRIM-Seq policies under {policies_root(args)} (trained under this --testbed-prm): "
@@ -424,8 +427,8 @@ def cmd_prm_noise(args) -> int:
     options = pomdp_options(args)
     harness, problems = _harness(args, out)
     # Labelled solutions of the harness's own weak model, for the POMDP's refit observation model.
-    samples = evaluate.sample_solutions(harness.weak.generator, testbed.Splits()["train"][: args.sample_problems],
-                                        seed=args.seed)
+    train = testbed.Splits(args.split_seed)["train"][: args.sample_problems]
+    samples = evaluate.sample_solutions(harness.weak.generator, train, seed=args.seed)
     table = prm_noise_sweeps(harness, problems, args.strengths, routing_model(options["obs_model"],
                              options["dynamics"]), samples, policies_root(args), seed=args.seed)
     _print(table)
