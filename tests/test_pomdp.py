@@ -163,6 +163,8 @@ def test_a_solved_policy_is_cached_by_model_and_lambda_and_a_torn_cache_is_solve
     assert len(files) == 1 and model.digest()[:16] in files[0].name and "lambda-0.002" in files[0].name
     files[0].write_bytes(b"torn")
     assert np.array_equal(solve(model, 0.002, "joint", resolution=8, cache_dir=tmp_path), q)
+    np.save(files[0], np.zeros((1, 2, 3)))                   # a table of another shape is not trusted either
+    assert np.array_equal(solve(model, 0.002, "joint", resolution=8, cache_dir=tmp_path), q)
     solve(model, 0.004, "joint", resolution=8, cache_dir=tmp_path)
     assert len(list(tmp_path.glob("*.npy"))) == 2
 

@@ -39,12 +39,15 @@ def solve(model: RoutingModel, lam: float, observation: str, resolution: int = 4
 
     folder = runs_dir("pomdp") if cache_dir is None else Path(cache_dir)
     path = folder / f"{model.digest()[:16]}-lambda-{float(lam)!r}-{observation}-grid{resolution}.npy"
+    grid = SimplexGrid(3, resolution)
     if path.is_file():
         try:
-            return np.load(path)
+            q = np.load(path)
+            if q.shape == (model.max_steps, len(grid), 2):
+                return q
         except (ValueError, OSError, EOFError):
             pass   # a torn or foreign file: solve again (seconds) and replace it
-    q = solve_finite(SimplexGrid(3, resolution), model.stages(lam, observation))
+    q = solve_finite(grid, model.stages(lam, observation))
     folder.mkdir(parents=True, exist_ok=True)
     # A file of its own, renamed into place: two processes solving the same table never see half of one.
     handle, partial = tempfile.mkstemp(dir=folder, prefix=path.stem, suffix=".partial.npy")
