@@ -121,6 +121,14 @@ def pomdp_options(args) -> dict:
             "dynamics": "testbed" if args.preset == "testbed" else "real"}
 
 
+def pomdp_model(args):
+    """The routing POMDP model a command plans with (`pomdp_options`): what baselines and prm-noise solve."""
+    from trim.pomdp.model import routing_model
+
+    options = pomdp_options(args)
+    return routing_model(options["obs_model"], options["dynamics"])
+
+
 def _add_pomdp_options(p: argparse.ArgumentParser, belief: bool = True) -> None:
     p.add_argument("--obs-model", default=None,
                    help="TRIM-POMDP's observation model: testbed (the testbed PRM's), real (Qwen2.5-Math-PRM-7B's, "
@@ -365,23 +373,22 @@ def cmd_baselines(args) -> int:
     from trim.baselines import best_query_router, compare
     from trim.metrics import summarize
     from trim.policies import RSD, Threshold
-    from trim.pomdp.model import routing_model
     from trim.sweep import learned_sweeps, pomdp_sweeps, threshold_grid
     from trim.testbed.oracle import OraclePRM
 
     out = Path(args.out) if args.out else runs_dir(args.split)
-    options = pomdp_options(args)
+    model, root = pomdp_model(args), policies_root(args)
     harness, problems = _harness(args, out)
     splits = testbed.Splits(args.split_seed)
-    learned = learned_sweeps(harness, problems, policies_root(args))   # TRIM-Agg and -Seq over their lambdas
+    learned = learned_sweeps(harness, problems, root)   # TRIM-Agg and -Seq over their lambdas
     if not learned:
-        print(f"no TRIM-Agg or TRIM-Seq policies under {policies_root(args)} (trained under this --testbed-prm): "
+        print(f"no TRIM-Agg or TRIM-Seq policies under {root} (trained under this --testbed-prm): "
               "they are left out; train them with `trim train-policy`, or pass --policies", file=sys.stderr)
     train = splits["train"][: args.train_problems]
     validation = splits["validation"][: args.validation_problems]
     steps = {"TRIM-Thr": harness.sweep(problems, threshold_grid(args.points)), "RSD": harness.sweep(problems, [RSD()]),
              **learned,
-             **pomdp_sweeps(harness, problems, routing_model(options["obs_model"], options["dynamics"]))}
+             **pomdp_sweeps(harness, problems, model)}
     # The ceiling: regenerate exactly the wrong steps (a PRM that knows each step's label).
     oracle = harness.with_prm(OraclePRM(problems), trace_dir=out / "oracle").run(problems, Threshold(0.5))
     steps["oracle router"] = pd.DataFrame([summarize(oracle)])
@@ -416,7 +423,6 @@ def cmd_baselines(args) -> int:
 
 def cmd_prm_noise(args) -> int:
     from trim import testbed
-    from trim.pomdp.model import routing_model
     from trim.sweep import prm_noise_sweeps
     from trim.testbed import evaluate
 
@@ -424,13 +430,12 @@ def cmd_prm_noise(args) -> int:
         raise CommandError("prm-noise blends noise into the testbed PRM's scores and refits on labelled testbed "
                            "steps: drop --preset and --testbed-prm")
     out = Path(args.out) if args.out else runs_dir(args.split, "prm-noise")
-    options = pomdp_options(args)
+    model, root = pomdp_model(args), policies_root(args)
     harness, problems = _harness(args, out)
     # Labelled solutions of the harness's own weak model, for the POMDP's refit observation model.
     train = testbed.Splits(args.split_seed)["train"][: args.sample_problems]
     samples = evaluate.sample_solutions(harness.weak.generator, train, seed=args.seed)
-    table = prm_noise_sweeps(harness, problems, args.strengths, routing_model(options["obs_model"],
-                             options["dynamics"]), samples, policies_root(args), seed=args.seed)
+    table = prm_noise_sweeps(harness, problems, args.strengths, model, samples, root, seed=args.seed)
     _print(table)
     table.to_csv(out / "prm_noise.csv")
     print(f"table: {out / 'prm_noise.csv'}")
@@ -439,7 +444,7 @@ def cmd_prm_noise(args) -> int:
 
 def _read_run(path: str) -> list[dict]:
     """One run's records, checked: every record summarizable, one setting, one record per problem, complete."""
-    from trim.traces import describe_difference, read_lines, record_fault
+    from trim.traces import NOT_A_RECORD, describe_difference, read_lines, record_fault
 
     file = Path(path)
     if not file.is_file():
@@ -455,7 +460,7 @@ def _read_run(path: str) -> list[dict]:
         fault = record_fault(record)
         if fault is None:
             continue
-        if not isinstance(record, dict) or "problem_id" not in record or not isinstance(record.get("settings"), dict):
+        if fault == NOT_A_RECORD:
             raise CommandError(f"{path} is not a trace file (line {number} has no problem_id and settings); "
                                "pass JSONL files written by `trim run`")
         raise CommandError(f"{path}:{number} {fault}; is it a trace written by `trim run`?")

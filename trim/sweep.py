@@ -67,7 +67,6 @@ def learned_sweeps(harness: Harness, problems: Sequence, root=None, kinds: Seque
     return sweeps
 
 
-
 # Prices of a strong token for TRIM-POMDP's curve: from nearly free (close to strong-only) to dear enough that
 # it keeps almost every weak step, densest where the curve bends. A POMDP solves in seconds, so unlike a
 # trained policy each point costs only its run.

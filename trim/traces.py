@@ -84,11 +84,15 @@ def _short(value) -> str:
     return text if len(text) <= 40 else text[:37] + "..."
 
 
+NOT_A_RECORD = "is not a trace record (it needs problem_id and settings)"
+TOO_DEEP = "nested too deeply to be a trace record"
+
+
 def record_fault(record) -> str | None:
     """What is wrong with a trace record (a hand edit, another program's file), or None: the checks a
-    resume and `trim metrics` apply before they trust a record."""
+    resume and `trim metrics` apply before they trust a record. `NOT_A_RECORD` when it is no record at all."""
     if not isinstance(record, dict) or "problem_id" not in record or not isinstance(record.get("settings"), dict):
-        return "is not a trace record (it needs problem_id and settings)"
+        return NOT_A_RECORD
     if not isinstance(record["problem_id"], str) or not record["problem_id"]:
         return f"has problem_id = {_short(record['problem_id'])}, not a problem's id (a string)"
     settings = record["settings"]
@@ -110,7 +114,7 @@ def _loads(text: str):
     try:
         return json.loads(text)
     except RecursionError:   # JSON nested deeper than Python's stack: no trace record is
-        raise json.JSONDecodeError("nested too deeply to be a trace record", text, 0) from None
+        raise json.JSONDecodeError(TOO_DEEP, text, 0) from None
 
 
 def _parse_line(raw: bytes) -> tuple[dict | None, str | None, bool]:
@@ -309,7 +313,7 @@ def read_lines(path: str | Path) -> list[tuple[int, dict]]:
         try:
             out.append((number, _loads(text)))
         except json.JSONDecodeError as error:
-            cut_off = k == len(lines) - 1 and raw.lstrip().startswith(b"{") and not error.msg.startswith("nested")
+            cut_off = k == len(lines) - 1 and raw.lstrip().startswith(b"{") and error.msg != TOO_DEEP
             hint = ("; an interrupted run leaves a partial last line: rerun it to repair and finish the trace"
                     if cut_off else "; is this a trace file?")
             raise TraceError(f"{path}:{number} is not valid JSON ({error.msg}){hint}") from None
