@@ -110,6 +110,14 @@ def test_generator_stops_at_the_delimiter_and_reports_tokens():
     p = task.make_split("test", size=1)[0]
     proposal = generator.propose([StepRequest(p.id, p.question, ())])[0]
     assert "\n\n" not in proposal.text and proposal.tokens >= 3 and not proposal.truncated
+    # Its confidence: the mean raw log-probability of the tokens it decoded, as the model computes it afresh.
+    prompt = generator.tokenizer(generator.prompt(StepRequest(p.id, p.question, ())), add_special_tokens=False)
+    ids = prompt.input_ids + generator.tokenizer(proposal.text + "\n\n", add_special_tokens=False).input_ids
+    assert len(ids) - len(prompt.input_ids) == proposal.tokens   # the step's tokens, delimiter included
+    with torch.no_grad():
+        logp = torch.log_softmax(generator.model(input_ids=torch.tensor([ids])).logits[0, :-1].float(), -1)
+    again = logp[torch.arange(len(ids) - 1), torch.tensor(ids[1:])][len(prompt.input_ids) - 1:].mean()
+    assert proposal.mean_logprob == pytest.approx(float(again), abs=1e-4) and proposal.mean_logprob < 0
     capped = TransformersGenerator(DATA_DIR / "weak", SamplingParams(1.0, 1.0, 0, 2), name="w")
     short = capped.propose([StepRequest(p.id, p.question, ())])[0]
     assert short.truncated and short.tokens == 2

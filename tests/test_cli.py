@@ -115,7 +115,26 @@ def test_baselines(capsys, tmp_path):
     assert "TRIM-Agg" in out and "TRIM-POMDP (release belief)" in out and "dIBC(TRIM-POMDP)" in out
     assert (tmp_path / "baselines.csv").is_file()
     points = pd.read_csv(tmp_path / "curves.csv")
-    assert {"TRIM-Thr", "TRIM-POMDP", "oracle router", "weak-only", "strong-only"} <= set(points["family"])
+    assert {"TRIM-Thr", "TRIM-POMDP", "oracle router", "weak-only", "strong-only", "confidence router (no PRM)",
+            "TRIM-Thr (k calibrated on validation)"} <= set(points["family"])
+    # The PRM's own cost: none for routers that never read it, some for every policy that scores steps.
+    prm = points.groupby("family")["prm_tokens"].max()
+    assert prm["confidence router (no PRM)"] == prm["BERT classifier"] == prm["weak-only"] == 0
+    assert prm["TRIM-Thr"] > 0 and prm["TRIM-POMDP"] > 0 and prm["AutoMix-PRM"] > 0
+    assert set(points.loc[points["family"] == "TRIM-Thr (k calibrated on validation)", "target_share"]) == {
+        0.15, 0.3, 0.5}
+
+
+def test_transfer_fits_on_validation_and_reports_each_split(capsys, tmp_path):
+    code, out, _ = run_cli(capsys, "transfer", "--problems", "10", "--quiet", "--train-problems", "30",
+                           "--validation-problems", "12", "--points", "3", "--out", tmp_path)
+    assert code == 0 and "== test" in out and "== shifted" in out
+    table = pd.read_csv(tmp_path / "transfer.csv")
+    assert set(table["split"]) == {"test", "shifted"} and {"dIBC", "CPT(95%)", "APGR"} <= set(table.columns)
+    shares = pd.read_csv(tmp_path / "calibration_transfer.csv")
+    # One k per target share, the same on both splits: calibrated once, on validation.
+    assert len(shares) == 6 and shares.groupby("target_share")["k"].nunique().eq(1).all()
+    assert shares["reached_share"].between(0, 1.5).all()
 
 
 @pytest.mark.parametrize("argv, message", [

@@ -22,9 +22,10 @@ class Problem:
 class ScriptedGenerator:
     """Writes step i as `<name> step i`, or the scripted text; the last step boxes the answer."""
 
-    def __init__(self, name, length=3, answer="7", bad_steps=(), empty_steps=()):
+    def __init__(self, name, length=3, answer="7", bad_steps=(), empty_steps=(), logprob=None):
         self.name, self.seed, self.sampling = name, 0, SamplingParams()
         self.length, self.answer, self.bad, self.empty = length, answer, set(bad_steps), set(empty_steps)
+        self.logprob = logprob   # (mean log-probability of an ok step, of a bad one), or None: not reported
         self.calls = []
 
     def cache_key(self, request):
@@ -40,7 +41,9 @@ class ScriptedGenerator:
                 text = ""
             if i == self.length:
                 text += f" so \\boxed{{{self.answer}}}"
-            out.append(StepProposal(text=text, tokens=len(text.split()), finished=False, truncated=False))
+            logprob = None if self.logprob is None else self.logprob[i in self.bad]
+            out.append(StepProposal(text=text, tokens=len(text.split()), finished=False, truncated=False,
+                                    mean_logprob=logprob))
         return out
 
 
@@ -214,11 +217,31 @@ def test_step_records_carry_the_observation_and_the_policys_extras():
     second = record["steps"][1]
     assert second["observation"] == {"step_index": 2, "score": 0.1, "previous_scores": [0.9], "tokens": 4,
                                      "strong_tokens": 0, "weak_tokens": 4, "previous_tokens": [4],
-                                     "previous_models": ["weak"]}
+                                     "previous_models": ["weak"], "confidence": None}
     assert second["policy_info"] == {"log_prob": -0.25, "value": 2.0} and second["decision"] == "regenerate"
     third = record["steps"][2]["observation"]
     assert third["strong_tokens"] == 4  # the rewrite is counted before step 3
     assert third["previous_models"] == ["weak", "strong"] and third["previous_tokens"] == [4, 4]
+
+
+def test_the_confidence_policy_regenerates_the_steps_its_generator_doubts_and_needs_no_prm():
+    from trim.policies import ConfidenceThreshold
+
+    weak = ScriptedGenerator("weak", bad_steps={2}, logprob=(-0.1, -2.0))
+    record = run_policy(PROBLEMS[:1], ConfidenceThreshold(0.5), weak, ScriptedGenerator("strong"), None)[0]
+    assert [s["model"] for s in record["steps"]] == ["weak", "strong", "weak"]
+    assert record["steps"][1]["observation"]["confidence"] == pytest.approx(0.1353, abs=1e-4)  # exp(-2)
+    assert record["steps"][1]["observation"]["score"] is None   # no PRM was asked
+    with pytest.raises(ValueError, match="reports no token log-probabilities"):
+        run_policy(PROBLEMS[:1], ConfidenceThreshold(0.5), ScriptedGenerator("weak"), ScriptedGenerator("strong"),
+                   None)
+
+
+@pytest.mark.parametrize("logprob", [0.5, float("nan"), "high", True])
+def test_a_generator_reporting_an_impossible_log_probability_is_named(logprob):
+    weak = ScriptedGenerator("weak", logprob=(logprob, logprob))
+    with pytest.raises(RuntimeError, match=r"weak returned a bad proposal .* mean log-probability"):
+        run_policy(PROBLEMS[:1], Threshold(0.5), weak, ScriptedGenerator("strong"), KeywordPRM())
 
 
 def test_a_learned_policys_identity_includes_its_weights(tmp_path):

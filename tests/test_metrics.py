@@ -120,3 +120,20 @@ def test_metrics_take_a_sweep_table_as_well_as_points():
     table = pd.DataFrame(points, columns=["strong_tokens", "accuracy"])
     assert cpt(table, ends, 50) == cpt(points, ends, 50)
     assert apgr(table, ends) == apgr(points, ends)
+
+
+def test_prm_tokens_count_what_a_prefix_cached_prm_reads():
+    from trim.metrics import prm_tokens, summarize
+
+    steps = [{"score": 0.9, "model": "weak", "tokens": 5, "discarded_tokens": 0},
+             {"score": 0.2, "model": "strong", "tokens": 7, "discarded_tokens": 4},   # candidate 4 read, rewrite 7
+             {"score": None, "model": "strong", "tokens": 3, "discarded_tokens": 0},  # empty candidate: no call
+             {"score": 0.8, "model": "weak", "tokens": 6, "discarded_tokens": 0}]
+    # question 10 + 5, + 4, then the rewrites 7 and 3 read as the prefix of the last call, + 6
+    assert prm_tokens({"steps": steps}, 10) == 10 + 5 + 4 + 7 + 3 + 6
+    assert prm_tokens({"steps": [{"score": None, "model": "strong", "tokens": 9, "discarded_tokens": 0}]}, 10) == 0
+    record = {"problem_id": "p", "steps": steps, "correct": True, "strong_tokens": 10, "weak_tokens": 15,
+              "discarded_tokens": 4, "num_steps": 4, "regenerated_steps": 2}
+    assert summarize([record], {"p": 10})["prm_tokens"] == 35
+    assert summarize([record], {"p": 10}, reads_prm=False)["prm_tokens"] == 0
+    assert "prm_tokens" not in summarize([record])

@@ -14,13 +14,14 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 
 from trim import testbed
-from trim.backends.openai import OpenAICompletionsGenerator, ServerError
+from trim.backends.openai import OpenAICompletionsGenerator, ServerError, _mean_logprob
 from trim.protocols import StepRequest
 
 GREEDY = dataclasses.replace(testbed.SAMPLING["weak"], temperature=0.0)
 TOKENIZER = testbed.DATA_DIR / "weak"
 GOOD = {"id": "c", "object": "text_completion", "created": 0, "model": "fake",
-        "choices": [{"index": 0, "text": "1) 3 + 4 = 7", "finish_reason": "stop", "stop_reason": "\n\n"}],
+        "choices": [{"index": 0, "text": "1) 3 + 4 = 7", "finish_reason": "stop", "stop_reason": "\n\n",
+                     "logprobs": {"tokens": ["1", ")", " 3"], "token_logprobs": [-0.5, -0.25, -0.75]}}],
         "usage": {"prompt_tokens": 5, "completion_tokens": 7, "total_tokens": 12}}
 
 
@@ -125,6 +126,12 @@ REQUEST = StepRequest("p7", "Start at 3.", ("1) 3 + 1 = 4",))
 def test_a_good_reply_gives_the_step_and_its_tokens(server):
     step = generator(server("ok")).propose([REQUEST])[0]
     assert step.text == "1) 3 + 4 = 7" and step.tokens == 7 and not step.finished and not step.truncated
+    assert step.mean_logprob == pytest.approx(-0.5)   # the mean of the sampled tokens' log-probabilities
+
+
+def test_a_reply_without_logprobs_leaves_the_confidence_unknown():
+    assert _mean_logprob(None) is None and _mean_logprob({"tokens": []}) is None
+    assert _mean_logprob({"token_logprobs": [None, -1.0, -3.0]}) == pytest.approx(-2.0)  # a null entry is skipped
 
 
 @pytest.mark.parametrize("mode", ["trickle", "silent", "late"])

@@ -71,6 +71,10 @@ def test_vllm_steps_and_decisions_equal_the_transformers_backend(vllm_run, refer
         assert [s["tokens"] for s in a["steps"]] == [s["tokens"] for s in b["steps"]]
         scores = [(s["score"], t["score"]) for s, t in zip(a["steps"], b["steps"]) if s["score"] is not None]
         assert all(abs(x - y) < 1e-4 for x, y in scores)  # the PRM on vLLM's pooling runner
+        # The weak model's confidence in each step: vLLM's logprobs (offline) or the server's, as transformers'.
+        seen = [(s["observation"]["confidence"], t["observation"]["confidence"])
+                for s, t in zip(a["steps"], b["steps"]) if "observation" in s]
+        assert seen and all(x is not None and abs(x - y) < 1e-3 for x, y in seen), seen[:3]
     assert sum(r["regenerated_steps"] for r in records) > 0  # the threshold routed some steps
 
 

@@ -92,8 +92,14 @@ def compare(harness, train: Sequence, validation: Sequence, test: Sequence, step
     data = {name: outcomes(harness, problems, tag) for name, problems, tag in
             (("train", train, "-train"), ("validation", validation, "-validation"), ("test", test, ""))}
     ends, _, _ = harness.endpoints(test)
+    questions = harness.question_tokens(test)
     curves = {}
     for router in routers or default_routers():
         router.fit(data["train"], data["validation"])
         curves[router.name] = router.curve(data["test"])
+        if questions is not None:
+            # AutoMix-PRM's verifier reads every weak solution whole, once (the other routers read no PRM).
+            reads = getattr(router, "verifier", None) == "prm"
+            curves[router.name]["prm_tokens"] = (float(np.mean([questions[i] for i in data["test"].ids])
+                                                       + data["test"].weak_tokens.mean()) if reads else 0.0)
     return frontier_table({**step_families, **curves}, ends), curves

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from trim import __version__, routing_cli
+from trim import __version__, comparison_cli, routing_cli
 
 
 def _add_data(sub) -> None:
@@ -167,6 +167,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     routing_cli.register(sub)
+    comparison_cli.register(sub)
     for add in (_add_data, _add_grade, _add_testbed, _add_train_policy, _add_pomdp_model):
         add(sub)
     return parser
@@ -180,7 +181,7 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         # What is already on disk, and how to go on: traces are appended per finished problem, PPO saves
         # its state every --validate-every batches; the other commands write at their end, or nothing.
-        traced = {"run", "sweep", "calibrate", "baselines", "prm-noise"}
+        traced = {"run", "sweep", "calibrate", "baselines", "transfer", "prm-noise"}
         if args.command in traced:
             where = args.out or "runs/<split> (under $TRIM_RUNS_DIR if set)"
             said = (f"kept every finished problem, in the trace files under {where}; run the same command again "

@@ -182,6 +182,10 @@ def _proposal_fault(p) -> str | None:
     for flag in ("finished", "truncated"):
         if not isinstance(getattr(p, flag, None), bool):
             return f"its {flag} flag is {getattr(p, flag, None)!r}, not a bool"
+    logprob = getattr(p, "mean_logprob", None)
+    if logprob is not None and (isinstance(logprob, bool) or not isinstance(logprob, Real) or math.isnan(logprob)
+                                or logprob > 1e-6):
+        return f"its mean log-probability is {logprob!r}, not a number <= 0 (or None)"
     return None
 
 
@@ -263,7 +267,8 @@ def _round(active: list[_State], policies: Sequence[Policy], weak, strong, prm, 
                 previous_scores=tuple(state.scores), tokens=candidate.tokens,
                 strong_tokens=state.strong_tokens, weak_tokens=state.weak_tokens,
                 previous_tokens=tuple(r["tokens"] for r in state.records),
-                previous_models=tuple(r["model"] for r in state.records))
+                previous_models=tuple(r["model"] for r in state.records),
+                confidence=_confidence(candidate))
             state.weak_tokens += candidate.tokens
             state.records.append({"score": score if i in scored else None})
         for j, policy in enumerate(policies):
@@ -316,6 +321,11 @@ def _score(active: list[_State], candidates: list, weak_rows: list[int], prm) ->
                     "score rows")
     return {i: check_score_row(row, active[i].problem.id, len(active[i].steps) + 1, k, len(rows), prm)
             for k, (i, row) in enumerate(zip(nonempty, rows))}
+
+
+def _confidence(proposal) -> float | None:
+    logprob = getattr(proposal, "mean_logprob", None)
+    return None if logprob is None else math.exp(min(float(logprob), 0.0))
 
 
 def _finite(x: float) -> float:

@@ -42,6 +42,14 @@ class Harness:
         other.weak, other.strong = self.weak, self.strong
         return other
 
+    def elsewhere(self, trace_dir: str | Path | None) -> "Harness":
+        """The same models and caches, writing traces to `trace_dir`: for runs of the same policies on other
+        problems, whose traces must not share a file with this folder's."""
+        other = Harness(self.weak.generator, self.strong.generator, self.prm.prm, self.run_settings, trace_dir,
+                        self.progress)
+        other.weak, other.strong, other.prm = self.weak, self.strong, self.prm
+        return other
+
     def trace_path(self, policy: Policy, tag: str = "") -> Path | None:
         if self.trace_dir is None:
             return None
@@ -50,6 +58,19 @@ class Harness:
     def run(self, problems: Sequence, policy: Policy, tag: str = "") -> list[dict]:
         return run_policy(problems, policy, self.weak, self.strong, self.prm, self.run_settings,
                           trace_path=self.trace_path(policy, tag), progress=self.progress)
+
+    def question_tokens(self, problems: Sequence) -> dict[str, int] | None:
+        """Each question's length in the weak model's tokens (what the PRM's cost counts from); None when the
+        weak generator has no tokenizer to count with."""
+        tokenizer = getattr(self.weak.generator, "tokenizer", None)
+        if tokenizer is None:
+            return None
+        lengths = tokenizer([p.question for p in problems], add_special_tokens=False).input_ids
+        return {p.id: len(ids) for p, ids in zip(problems, lengths)}
+
+    def summary(self, problems: Sequence, policy: Policy, records: Sequence[dict]) -> dict:
+        """`summarize` of a run of `policy` on `problems`, with the PRM's tokens per query."""
+        return summarize(records, self.question_tokens(problems), reads_prm=policy.uses_weak and policy.uses_prm)
 
     def endpoints(self, problems: Sequence) -> tuple[Endpoints, dict, dict]:
         weak = summarize(self.run(problems, WeakOnly()))
@@ -63,7 +84,7 @@ class Harness:
         asked for together and the new ones are generated in batches of every policy's rows."""
         runs = run_policies(problems, policies, self.weak, self.strong, self.prm, self.run_settings,
                             trace_paths=[self.trace_path(policy) for policy in policies], progress=self.progress)
-        return pd.DataFrame([{"policy": policy.name, **policy.params(), **summarize(records)}
+        return pd.DataFrame([{"policy": policy.name, **policy.params(), **self.summary(problems, policy, records)}
                              for policy, records in zip(policies, runs)])
 
     def cache_report(self) -> str:

@@ -35,16 +35,41 @@ class Endpoints:
             raise ValueError(f"strong-only cost must be positive, got {self.strong_cost}")
 
 
-def summarize(records: Sequence[dict]) -> dict:
-    """Accuracy and tokens per query of one run's traces."""
+def summarize(records: Sequence[dict], question_tokens: dict | None = None, reads_prm: bool = True) -> dict:
+    """Accuracy and tokens per query of one run's traces.
+
+    With `question_tokens` (problem id -> the question's length in tokens) it adds `prm_tokens`, the PRM's
+    own cost per query (`prm_tokens`); a policy that never reads a score (`reads_prm=False`) costs none."""
     n = len(records)
     if n == 0:
         raise ValueError("no traces to summarize")
     mean = lambda key: float(sum(r[key] for r in records)) / n  # noqa: E731
     steps = sum(r["num_steps"] for r in records)
-    return {"accuracy": mean("correct"), "strong_tokens": mean("strong_tokens"), "weak_tokens": mean("weak_tokens"),
-            "discarded_tokens": mean("discarded_tokens"), "steps": steps / n,
-            "regenerated_share": sum(r["regenerated_steps"] for r in records) / max(steps, 1), "problems": n}
+    summary = {"accuracy": mean("correct"), "strong_tokens": mean("strong_tokens"), "weak_tokens": mean("weak_tokens"),
+               "discarded_tokens": mean("discarded_tokens"), "steps": steps / n,
+               "regenerated_share": sum(r["regenerated_steps"] for r in records) / max(steps, 1), "problems": n}
+    if question_tokens is not None:
+        summary["prm_tokens"] = (sum(prm_tokens(r, question_tokens[r["problem_id"]]) for r in records) / n
+                                 if reads_prm else 0.0)
+    return summary
+
+
+def prm_tokens(record: dict, question_tokens: int) -> int:
+    """The tokens a PRM reads to score one solution's steps, with prefix caching (vLLM's automatic prefix
+    caching, or `trim.backends.prefix_cache`): each call reads only what follows the prefix it read last,
+    so the question once, every candidate it scores (kept or not), and every strong rewrite that a later
+    call reads in its prefix. Counted in the generators' tokens; the PRM's template and step tags add a few
+    per step. Steps never scored (an empty candidate, strong-only) cost nothing."""
+    total, unread = 0, 0   # unread: rewrites since the last call, read as prefix by the next one
+    for step in record["steps"]:
+        scored = step.get("score") is not None
+        if scored:
+            candidate = step["tokens"] if step["model"] == "weak" else step["discarded_tokens"]
+            total += (question_tokens if total == 0 else 0) + unread + candidate
+            unread = 0
+        if step["model"] == "strong":
+            unread += step["tokens"]
+    return total
 
 
 def pgr(accuracy: float, ends: Endpoints) -> float:

@@ -56,6 +56,9 @@ class StepProposal:
     tokens: int        # tokens the model decoded for it (the cost unit)
     finished: bool     # the model ended the solution (EOS) rather than the step
     truncated: bool    # hit max_step_tokens before a delimiter
+    # The model's confidence in its step: the mean log-probability of the decoded tokens under its own raw
+    # distribution (temperature 1, no top-p/top-k), as vLLM reports logprobs. None: the backend cannot say.
+    mean_logprob: float | None = None
 
 
 def request_seed(generator_seed: int, model: str, request: StepRequest) -> int:

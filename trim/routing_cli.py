@@ -9,7 +9,6 @@ import argparse
 import collections
 import json
 import os
-import sys
 import tempfile
 from pathlib import Path
 
@@ -368,80 +367,6 @@ def _plot_curves(curves: dict, ends, path: Path, title: str) -> None:
     accuracy_cost(curves, ends, title=title).figure.savefig(path, dpi=120)
 
 
-def cmd_baselines(args) -> int:
-    from trim import testbed
-    from trim.baselines import best_query_router, compare
-    from trim.metrics import summarize
-    from trim.policies import RSD, Threshold
-    from trim.sweep import learned_sweeps, pomdp_sweeps, threshold_grid
-    from trim.testbed.oracle import OraclePRM
-
-    out = Path(args.out) if args.out else runs_dir(args.split)
-    model, root = pomdp_model(args), policies_root(args)
-    harness, problems = _harness(args, out)
-    splits = testbed.Splits(args.split_seed)
-    learned = learned_sweeps(harness, problems, root)   # TRIM-Agg and -Seq over their lambdas
-    if not learned:
-        print(f"no TRIM-Agg or TRIM-Seq policies under {root} (trained under this --testbed-prm): "
-              "they are left out; train them with `trim train-policy`, or pass --policies", file=sys.stderr)
-    train = splits["train"][: args.train_problems]
-    validation = splits["validation"][: args.validation_problems]
-    steps = {"TRIM-Thr": harness.sweep(problems, threshold_grid(args.points)), "RSD": harness.sweep(problems, [RSD()]),
-             **learned,
-             **pomdp_sweeps(harness, problems, model)}
-    # The ceiling: regenerate exactly the wrong steps (a PRM that knows each step's label).
-    oracle = harness.with_prm(OraclePRM(problems), trace_dir=out / "oracle").run(problems, Threshold(0.5))
-    steps["oracle router"] = pd.DataFrame([summarize(oracle)])
-    table, curves = compare(harness, train, validation, problems, steps)
-    ends, weak, strong = harness.endpoints(problems)
-    _print(table)
-    best = best_query_router(table)
-    print(f"\nweak-only {weak['accuracy']:.3f}, strong-only {strong['accuracy']:.3f} "
-          f"at {ends.strong_cost:.1f} strong tokens/query")
-    paper = {"TRIM-Thr": "4.75 / 0.95 = 5.0", "TRIM-Agg": "5.67 / 0.95 = 6.0", "TRIM-POMDP": "5.86 / 0.95 = 6.2"}
-    for family in ("TRIM-Thr", "TRIM-Agg", "TRIM-Seq", "TRIM-POMDP"):
-        if family in table.index:
-            print(f"dIBC({family}) / dIBC(best query-level: {best}) = {table.loc[family, 'dIBC']:.2f} / "
-                  f"{table.loc[best, 'dIBC']:.2f} = {table.loc[family, 'dIBC'] / table.loc[best, 'dIBC']:.1f} "
-                  f"(paper, MATH-500: {paper.get(family, 'not reported')})")
-    print("(the paper's dIBC averages over its own frontier, so compare the ratios, not the dIBC values)")
-    table.to_csv(out / "baselines.csv")
-    # Every point of every curve, with its knob, and the endpoints: what a chapter plots.
-    knobs = ["k", "lambda", "belief"]
-    points = pd.concat([pd.DataFrame({"family": name, "strong_tokens": frame["strong_tokens"],
-                                      "accuracy": frame["accuracy"],
-                                      **{knob: frame[knob] for knob in knobs if knob in frame}})
-                        for name, frame in {**steps, **curves}.items() if len(frame)]
-                       + [pd.DataFrame({"family": ["weak-only", "strong-only"],
-                                        "strong_tokens": [0.0, ends.strong_cost],
-                                        "accuracy": [weak["accuracy"], strong["accuracy"]]})], ignore_index=True)
-    points.to_csv(out / "curves.csv", index=False)
-    _plot_curves({**steps, **curves}, ends, out / "baselines.png", f"testbed {args.split} split")
-    print(f"table: {out / 'baselines.csv'}   points: {out / 'curves.csv'}   plot: {out / 'baselines.png'}")
-    return 0
-
-
-def cmd_prm_noise(args) -> int:
-    from trim import testbed
-    from trim.sweep import prm_noise_sweeps
-    from trim.testbed import evaluate
-
-    if args.preset != "testbed" or args.testbed_prm != "model":
-        raise CommandError("prm-noise blends noise into the testbed PRM's scores and refits on labelled testbed "
-                           "steps: drop --preset and --testbed-prm")
-    out = Path(args.out) if args.out else runs_dir(args.split, "prm-noise")
-    model, root = pomdp_model(args), policies_root(args)
-    harness, problems = _harness(args, out)
-    # Labelled solutions of the harness's own weak model, for the POMDP's refit observation model.
-    train = testbed.Splits(args.split_seed)["train"][: args.sample_problems]
-    samples = evaluate.sample_solutions(harness.weak.generator, train, seed=args.seed)
-    table = prm_noise_sweeps(harness, problems, args.strengths, model, samples, root, seed=args.seed)
-    _print(table)
-    table.to_csv(out / "prm_noise.csv")
-    print(f"table: {out / 'prm_noise.csv'}")
-    return 0
-
-
 def _read_run(path: str) -> list[dict]:
     """One run's records, checked: every record summarizable, one setting, one record per problem, complete."""
     from trim.traces import NOT_A_RECORD, describe_difference, read_lines, record_fault
@@ -578,29 +503,6 @@ def register(sub) -> None:
     p.add_argument("--points", type=positive_int, default=21, help="grid of thresholds to interpolate (default 21)")
     p.add_argument("--out", default=None, help="trace directory (default: runs)")
     p.set_defaults(func=cmd_calibrate)
-
-    p = sub.add_parser("baselines", help="every policy family on one split: query-level routers (RouteLLM, AutoMix), "
-                       "TRIM-Thr, RSD, TRIM-Agg/Seq, TRIM-POMDP and the oracle router: table and plot")
-    _common(p)
-    p.add_argument("--train-problems", type=router_train_problems, default=2000,
-                   help="training problems for the routers' labels")
-    p.add_argument("--validation-problems", type=router_validation_problems, default=500,
-                   help="validation problems for tuning")
-    p.add_argument("--points", type=positive_int, default=21, help="TRIM-Thr thresholds on [0, 1] (default 21)")
-    _add_pomdp_options(p, belief=False)
-    p.add_argument("--out", default=None, help="directory for traces, baselines.csv and baselines.png")
-    p.set_defaults(func=cmd_baselines)
-
-    p = sub.add_parser("prm-noise", help="TRIM-Thr, TRIM-Agg and TRIM-POMDP as the PRM's scores are blended with "
-                                         "uniform noise (the POMDP's observation model refit at each strength)")
-    _common(p)
-    p.add_argument("--strengths", nargs="+", type=fraction, default=[0.0, 0.25, 0.5, 0.75],
-                   help="noise strengths in [0, 1]: r' = (1 - s) r + s u (default 0 0.25 0.5 0.75)")
-    p.add_argument("--sample-problems", type=positive_int, default=300,
-                   help="train problems whose labelled weak solutions refit the POMDP's observation model")
-    _add_pomdp_options(p, belief=False)
-    p.add_argument("--out", default=None, help="directory for traces and prm_noise.csv")
-    p.set_defaults(func=cmd_prm_noise)
 
     p = sub.add_parser("metrics", help="PGR / CPT / dIBC / APGR table from trace files")
     p.add_argument("traces", nargs="+", help="JSONL trace files, including weak-only and strong-only")

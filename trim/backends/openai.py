@@ -38,6 +38,16 @@ from trim.protocols import STEP_DELIMITER, SamplingParams, StepProposal, StepReq
 RETRY_STATUS = {408, 429, 500, 502, 503, 504}
 
 
+def _mean_logprob(logprobs) -> float | None:
+    """The mean of a completion's `logprobs.token_logprobs` (OpenAI's completions format); None when the server
+    sent none, so a policy that needs confidence says so rather than reading a made-up value."""
+    values = logprobs.get("token_logprobs") if isinstance(logprobs, dict) else None
+    if not isinstance(values, list):
+        return None
+    values = [float(v) for v in values if isinstance(v, (int, float)) and not isinstance(v, bool)]
+    return sum(values) / len(values) if values else None
+
+
 class ServerError(ConnectionError):
     """The server is unreachable, too slow, serves another model, or answers what the engine cannot use."""
 
@@ -211,7 +221,7 @@ class OpenAICompletionsGenerator:
         payload = {"model": self.model, "prompt": prompt, "max_tokens": max_tokens or s.max_step_tokens,
                    "temperature": s.temperature, "top_p": s.top_p, "stop": [STEP_DELIMITER],
                    "seed": request_seed(self.seed, self.name, request) % 2**63 if seed is None else seed,
-                   "skip_special_tokens": True}
+                   "skip_special_tokens": True, "logprobs": 0}   # 0: only the sampled tokens' log-probabilities
         if s.top_k > 0:
             payload["top_k"] = s.top_k
         return payload
@@ -235,7 +245,8 @@ class OpenAICompletionsGenerator:
         stop_reason = choice.get("stop_reason", STEP_DELIMITER)
         finish = choice.get("finish_reason")
         return StepProposal(text=choice["text"].split(STEP_DELIMITER)[0].strip(), tokens=tokens,
-                            finished=finish == "stop" and stop_reason is None, truncated=finish == "length")
+                            finished=finish == "stop" and stop_reason is None, truncated=finish == "length",
+                            mean_logprob=_mean_logprob(choice.get("logprobs")))
 
     async def _all(self, jobs: list[tuple[StepRequest, dict]]) -> list[StepProposal]:
         """Every request concurrently (at most `concurrency` at once); the first failure cancels the rest."""

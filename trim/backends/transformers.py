@@ -220,15 +220,19 @@ class TransformersGenerator:
         # Per-row bookkeeping lives in Python lists: a tick's few hundred list operations cost less than the
         # dozen small indexed tensor ops they replace, which dominate a tiny model's decoding on a CPU.
         tokens: list[list[int]] = [[] for _ in requests]
+        logprob = [0.0] * len(requests)   # summed raw log-probability of each row's decoded tokens
         ended = [False] * len(requests)   # stopped at a token holding the delimiter, or at EOS
         live = list(range(len(requests)))  # the batch's rows, as indices of `requests`
         stopped = [False] * len(live)      # per batch row
         for _ in range(limit):
             sampled = sample_rows(logits, self.sampling, [rngs[row] for row in live]).to(self.device)
             token = torch.where(torch.tensor(stopped, device=self.device), pad, sampled)
+            # Raw log-probabilities (before temperature and truncation), as vLLM's logprobs are by default.
+            chosen = torch.log_softmax(logits.float(), -1).gather(-1, token.unsqueeze(-1)).squeeze(-1).tolist()
             for k, (row, t, end) in enumerate(zip(live, token.tolist(), torch.isin(token, self.stop_ids).tolist())):
                 if not stopped[k]:
                     tokens[row].append(t)
+                    logprob[row] += chosen[k]
                     ended[row] = stopped[k] = end
             if all(stopped):
                 break
@@ -252,8 +256,8 @@ class TransformersGenerator:
             cache, logits = out.past_key_values, out.logits[:, -1]
         self._keep_decoded(batch, requests, encoded, found, tokens, ended, live, stopped)
         return [StepProposal(text=self._step_text(ids), tokens=len(ids), finished=end and ids[-1] == eos,
-                             truncated=not end)
-                for ids, end in zip(tokens, ended)]
+                             truncated=not end, mean_logprob=total / len(ids))
+                for ids, end, total in zip(tokens, ended, logprob)]
 
     def _step_text(self, ids: list[int]) -> str:
         return self.tokenizer.decode(ids, skip_special_tokens=True).split(STEP_DELIMITER)[0].strip()

@@ -105,7 +105,7 @@ class VLLMGenerator:
             temperature=s.temperature, top_p=s.top_p, top_k=s.top_k if s.top_k > 0 else 0,
             max_tokens=max(1, min(s.max_step_tokens, self.max_model_len - prompt_tokens)),
             stop=[STEP_DELIMITER], seed=_vllm_seed(request_seed(self.seed, self.name, request)),
-            skip_special_tokens=True)
+            skip_special_tokens=True, logprobs=0)   # 0: the sampled tokens' own log-probabilities, no others
 
     def propose(self, requests: Sequence[StepRequest]) -> list[StepProposal]:
         from vllm.inputs import TokensPrompt
@@ -125,9 +125,12 @@ class VLLMGenerator:
             completion = output.outputs[0]
             # "stop" with no stop string is the model's own end of text; "length" is the step-token cap.
             ended = completion.finish_reason == "stop" and completion.stop_reason is None
+            tokens = len(completion.token_ids)
+            total = completion.cumulative_logprob  # raw log-probabilities: vLLM's default logprobs_mode
             proposals.append(StepProposal(text=completion.text.split(STEP_DELIMITER)[0].strip(),
-                                          tokens=len(completion.token_ids), finished=ended,
-                                          truncated=completion.finish_reason == "length"))
+                                          tokens=tokens, finished=ended,
+                                          truncated=completion.finish_reason == "length",
+                                          mean_logprob=total / tokens if total is not None and tokens else None))
         return proposals
 
 

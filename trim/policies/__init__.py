@@ -10,7 +10,7 @@ import dataclasses
 from typing import Callable
 
 from trim.policies.base import Decision, LearnedPolicy, Observation, Policy
-from trim.policies.rules import RSD, RandomRegeneration, StrongOnly, Threshold, WeakOnly
+from trim.policies.rules import RSD, ConfidenceThreshold, RandomRegeneration, StrongOnly, Threshold, WeakOnly
 
 
 @dataclasses.dataclass(frozen=True)
@@ -39,7 +39,9 @@ register("thr", PolicySpec(lambda k, seed, **_: Threshold(k), "TRIM-Thr: regener
 register("rsd", PolicySpec(lambda value, seed, **_: RSD(), "reward-guided speculative decoding (TRIM-Thr, k = 0.7)"))
 register("random", PolicySpec(lambda rate, seed, **_: RandomRegeneration(rate, seed),
                               "regenerate a random share of steps (the control)", knob="rate", default=0.2))
-
+register("confidence", PolicySpec(lambda c, seed, **_: ConfidenceThreshold(c),
+                                  "regenerate iff the weak model's own confidence in its step (geometric-mean token "
+                                  "probability) < c; no PRM", knob="c", default=0.5))
 
 
 def _trained(kind: str):
@@ -80,5 +82,5 @@ def make_policy(name: str, value: float | None = None, seed: int = 0, **options)
     return spec.build(value, seed, **options)
 
 
-__all__ = ["POLICIES", "Decision", "LearnedPolicy", "Observation", "Policy", "PolicySpec", "RSD",
+__all__ = ["POLICIES", "ConfidenceThreshold", "Decision", "LearnedPolicy", "Observation", "Policy", "PolicySpec", "RSD",
            "RandomRegeneration", "StrongOnly", "Threshold", "WeakOnly", "make_policy", "register"]

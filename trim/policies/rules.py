@@ -1,4 +1,4 @@
-"""Fixed routing rules: the endpoints, TRIM-Thr, RSD and the random control."""
+"""Fixed routing rules: the endpoints, TRIM-Thr, RSD, the random control and confidence routing."""
 
 from __future__ import annotations
 
@@ -64,3 +64,28 @@ class RandomRegeneration(Policy):
 
     def params(self) -> dict:
         return {"rate": self.rate, "seed": self.seed}
+
+
+class ConfidenceThreshold(Policy):
+    """Step-level routing with no PRM (in the spirit of STEER): regenerate iff the weak model's own confidence
+    in its step, the geometric-mean probability of its tokens (exp of the mean token log-probability), is
+    below c. It reads what the generator reports with each step, so it needs a backend with logprobs (the
+    transformers, vLLM and OpenAI-compatible backends all report them)."""
+
+    uses_prm = False
+
+    def __init__(self, c: float):
+        if not 0.0 <= c <= 1.0:
+            raise ValueError(f"confidence threshold c must be in [0, 1], got {c}")
+        self.c = float(c)
+        self.name = f"confidence(c={self.c!r})"
+
+    def regenerate(self, observation: Observation) -> bool:
+        if observation.confidence is None:
+            raise ValueError(f"step {observation.step_index} of problem {observation.problem_id!r} came without the "
+                             "weak model's confidence: its backend reports no token log-probabilities (an "
+                             "OpenAI-compatible server must honour `logprobs`); use a policy that reads the PRM")
+        return observation.confidence < self.c
+
+    def params(self) -> dict:
+        return {"c": self.c}

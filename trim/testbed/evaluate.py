@@ -41,6 +41,9 @@ class Sample:
     tokens: list[int]
     step_correct: list[bool]   # each step correct given its own prefix
     answer_correct: bool
+    # The generator's confidence in each step as it wrote it (exp of the mean token log-probability, what
+    # `Observation.confidence` carries); empty when the generator reports none.
+    confidence: list[float] = dataclasses.field(default_factory=list)
 
     @property
     def on_track(self) -> list[bool]:
@@ -80,8 +83,9 @@ def sample_solutions(generator, problems: Sequence[task.ChainProblem], seed: int
         labels = task.step_labels(p, steps)
         final = task.step_result(steps[-1]) if steps else None
         boxed = "\\boxed" in steps[-1] if steps else False
+        confidence = [s["observation"]["confidence"] for s in record["steps"]]
         samples.append(Sample(p, steps, [s["tokens"] for s in record["steps"]], labels,
-                              boxed and final == int(p.answer)))
+                              boxed and final == int(p.answer), [] if None in confidence else confidence))
     return samples
 
 

@@ -1,0 +1,142 @@
+"""Every router and policy on one split, and the same comparison carried to another split (transfer).
+
+`compare_all` is what `trim baselines` runs: the query-level routers fit on train and validation, then
+every step-level family swept on the split (TRIM-Thr, RSD, the confidence router, TRIM-Agg/Seq, TRIM-POMDP,
+TRIM-Thr with k calibrated on validation) and the oracle router, as one frontier table and one table of
+curve points. `trim transfer` runs it on the test split and on the shifted one, so every number of a
+policy on shifted problems comes from knobs fit where it was trained."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Sequence
+
+import pandas as pd
+
+from trim.experiment import Harness
+from trim.metrics import Endpoints, frontier_table
+from trim.policies import RSD, ConfidenceThreshold, Threshold
+
+# Budgets a user calibrates TRIM-Thr for, as shares of strong-only's tokens (chapter 4's calibration).
+CALIBRATION_SHARES = (0.15, 0.30, 0.50)
+# The weak model's confidence (geometric-mean token probability) sits close to 1 on most steps, real models'
+# too (their steps are mostly near-deterministic text), so the grid is dense just below 1: 1 - 10^-x.
+CONFIDENCE_GRID = (0.0, 0.5, 0.8, 0.9, 0.95, 0.97, 0.98, 0.985, 0.99, 0.9925, 0.995, 0.9965, 0.9975, 0.9985,
+                   0.999, 0.9995, 0.9998, 1.0)
+KNOBS = ("k", "c", "lambda", "belief", "target_share")   # what a curve point was made with
+
+
+@dataclasses.dataclass
+class Comparison:
+    """One split's comparison: the frontier table (CPT, dIBC, APGR and PRM tokens per family), every
+    curve point with its knob, and the endpoints they are measured against."""
+
+    table: pd.DataFrame
+    points: pd.DataFrame
+    ends: Endpoints
+
+
+def confidence_sweep(harness: Harness, problems: Sequence, grid: Sequence[float] = CONFIDENCE_GRID) -> pd.DataFrame:
+    """The confidence router (no PRM) over its threshold c."""
+    return harness.sweep(problems, [ConfidenceThreshold(c) for c in grid])
+
+
+def calibrated_thresholds(harness: Harness, validation: Sequence, shares: Sequence[float] = CALIBRATION_SHARES,
+                          points: int = 21) -> dict[float, float]:
+    """TRIM-Thr's k for each target share of strong-only's tokens, calibrated on `validation` (one grid,
+    interpolated: `trim.sweep.calibrate_threshold`)."""
+    from trim.sweep import calibrate_threshold
+
+    return {share: calibrate_threshold(harness, validation, share, points)["k"] for share in shares}
+
+
+def calibrated_sweep(harness: Harness, problems: Sequence, ks: dict[float, float]) -> pd.DataFrame:
+    """TRIM-Thr run at the calibrated k's on `problems`: the share of strong-only's tokens each reaches."""
+    ends, _, _ = harness.endpoints(problems)
+    table = harness.sweep(problems, [Threshold(k) for k in ks.values()])
+    table.insert(0, "target_share", list(ks))
+    table["reached_share"] = table["strong_tokens"] / ends.strong_cost
+    return table
+
+
+def compare_all(harness: Harness, problems: Sequence, train: Sequence, validation: Sequence, model, root,
+                points: int = 21, ks: dict[float, float] | None = None) -> Comparison:
+    """Every family on `problems`: query-level routers fit on `train`/`validation`, the step-level families
+    swept, the oracle router (a PRM that knows each step's label) as the ceiling.
+
+    `model` is TRIM-POMDP's routing model, `root` the folder of trained TRIM-Agg/Seq policies; `ks` the
+    calibrated thresholds (default: calibrated on `validation` now)."""
+    from trim.baselines import compare
+    from trim.sweep import learned_sweeps, pomdp_sweeps, threshold_grid
+    from trim.testbed.oracle import OraclePRM
+
+    if ks is None:   # calibrated on validation, traced apart from this split's runs of the same thresholds
+        ks = calibrated_thresholds(harness.elsewhere(harness.trace_dir and harness.trace_dir / "validation"),
+                                   validation)
+    steps = {"TRIM-Thr": harness.sweep(problems, threshold_grid(points)), "RSD": harness.sweep(problems, [RSD()]),
+             "TRIM-Thr (k calibrated on validation)": calibrated_sweep(harness, problems, ks),
+             "confidence router (no PRM)": confidence_sweep(harness, problems),
+             **learned_sweeps(harness, problems, root),
+             **pomdp_sweeps(harness, problems, model)}
+    oracle = harness.with_prm(OraclePRM(problems), trace_dir=harness.trace_dir and harness.trace_dir / "oracle")
+    steps["oracle router"] = oracle.sweep(problems, [Threshold(0.5)])
+    table, curves = compare(harness, train, validation, problems, steps)
+    ends, weak, strong = harness.endpoints(problems)
+    families = {**steps, **curves}
+    # The PRM's own cost beside the strong tokens: per family, at the point that first reaches 95% of the gap.
+    table["PRM tokens (at CPT 95%)"] = [_prm_at_95(families[name], ends) for name in table.index]
+    rows = [pd.DataFrame({"family": name, "strong_tokens": frame["strong_tokens"], "accuracy": frame["accuracy"],
+                          "prm_tokens": frame["prm_tokens"] if "prm_tokens" in frame else 0.0,
+                          **{knob: frame[knob] for knob in KNOBS if knob in frame}})
+            for name, frame in families.items() if len(frame)]
+    rows.append(pd.DataFrame({"family": ["weak-only", "strong-only"], "strong_tokens": [0.0, ends.strong_cost],
+                              "accuracy": [weak["accuracy"], strong["accuracy"]], "prm_tokens": [0.0, 0.0]}))
+    return Comparison(table, pd.concat(rows, ignore_index=True), ends)
+
+
+def _prm_at_95(frame: pd.DataFrame, ends: Endpoints) -> float:
+    """PRM tokens per query at the cheapest point of `frame` reaching PGR 95%; NaN if none does."""
+    if not len(frame) or "prm_tokens" not in frame:
+        return 0.0 if len(frame) else float("nan")
+    target = ends.weak_accuracy + 0.95 * (ends.strong_accuracy - ends.weak_accuracy)
+    reached = frame[frame["accuracy"] >= target]
+    return float(reached.sort_values("strong_tokens")["prm_tokens"].iloc[0]) if len(reached) else float("nan")
+
+
+def weighted_cost(points: pd.DataFrame, price_ratio: float) -> pd.DataFrame:
+    """Curve points with cost = strong tokens + price_ratio x PRM tokens (a PRM token priced at `price_ratio`
+    strong tokens), in the `strong_tokens` column that the metrics read."""
+    weighted = points.copy()
+    weighted["strong_tokens"] = points["strong_tokens"] + price_ratio * points["prm_tokens"].fillna(0.0)
+    return weighted
+
+
+def frontier_by_family(points: pd.DataFrame, ends: Endpoints, families: Sequence[str] | None = None) -> pd.DataFrame:
+    """`frontier_table` of the families in a points table (as `Comparison.points` or curves.csv holds)."""
+    names = [f for f in points["family"].unique() if f not in ("weak-only", "strong-only")
+             and (families is None or f in families)]
+    return frontier_table({name: points[points["family"] == name] for name in names}, ends)
+
+
+def endpoints_of(points: pd.DataFrame) -> Endpoints:
+    """The endpoints recorded in a points table (its weak-only and strong-only rows)."""
+    weak = points[points["family"] == "weak-only"].iloc[0]
+    strong = points[points["family"] == "strong-only"].iloc[0]
+    return Endpoints(float(weak["accuracy"]), float(strong["accuracy"]), float(strong["strong_tokens"]))
+
+
+def accuracy_at(points: pd.DataFrame, budget: float, families: Sequence[str] | None = None) -> pd.Series:
+    """Each family's best accuracy at a strong-token budget (tokens per query), from its frontier."""
+    from trim.metrics import accuracy_at_budget
+
+    ends = endpoints_of(points)
+    names = [f for f in points["family"].unique() if f not in ("weak-only", "strong-only")
+             and (families is None or f in families)]
+    return pd.Series({name: accuracy_at_budget(list(zip(points.loc[points["family"] == name, "strong_tokens"],
+                                                        points.loc[points["family"] == name, "accuracy"])),
+                                               ends, budget) for name in names}, name=f"accuracy at {budget:g}")
+
+
+__all__ = ["CALIBRATION_SHARES", "CONFIDENCE_GRID", "Comparison", "accuracy_at", "calibrated_sweep",
+           "calibrated_thresholds", "compare_all", "confidence_sweep", "endpoints_of", "frontier_by_family",
+           "weighted_cost"]
