@@ -137,3 +137,41 @@ def test_prm_tokens_count_what_a_prefix_cached_prm_reads():
     assert summarize([record], {"p": 10})["prm_tokens"] == 35
     assert summarize([record], {"p": 10}, reads_prm=False)["prm_tokens"] == 0
     assert "prm_tokens" not in summarize([record])
+
+
+def _points(**families):
+    """A curves table (as `trim.comparison` writes) with both endpoints and the given families."""
+    import pandas as pd
+
+    rows = [{"family": "weak-only", "strong_tokens": 0.0, "accuracy": 0.4, "prm_tokens": 0.0},
+            {"family": "strong-only", "strong_tokens": 100.0, "accuracy": 0.8, "prm_tokens": 0.0}]
+    for name, points in families.items():
+        rows += [{"family": name, "strong_tokens": c, "accuracy": a, "prm_tokens": p} for c, a, p in points]
+    return pd.DataFrame(rows)
+
+
+def test_a_prm_priced_in_strong_tokens_moves_a_frontier_and_a_break_even_price_is_where_the_rival_catches_up():
+    from trim import comparison
+
+    # "stepwise" reaches 95% of the gap (0.78) at 20 strong tokens and reads 100 PRM tokens there; "query" at 60.
+    points = _points(stepwise=[(10, 0.7, 50), (20, 0.78, 100)], query=[(30, 0.6, 0), (60, 0.78, 0)])
+    cpt = comparison.price_sweep(points, [0.0, 0.2, 1.0], ["stepwise", "query"])
+    assert cpt.loc["stepwise", 0.0] == pytest.approx(20) and cpt.loc["query", 0.0] == pytest.approx(60)
+    assert cpt.loc["stepwise", 0.2] == pytest.approx(40) and cpt.loc["query", 1.0] == pytest.approx(60)
+    # 20 + 100 rho = 60 at rho = 0.4
+    assert comparison.break_even_price(points, "stepwise", "query") == pytest.approx(0.4, abs=1e-6)
+    assert comparison.break_even_price(points, "query", "stepwise") == 0.0
+    # At a budget of 15: between stepwise's two points, and on query's chord from weak-only to its first point.
+    assert comparison.accuracy_at(points, 15).to_dict() == pytest.approx({"stepwise": 0.74, "query": 0.5})
+
+
+def test_the_budget_explorer_redraws_for_a_chosen_budget_and_split():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from trim import plots
+
+    points = _points(stepwise=[(10, 0.7, 50), (20, 0.78, 100)])
+    explorer = plots.budget_explorer(points, splits={"a": points, "b": points})
+    explorer.children[1].value = 35.0   # the budget slider: the figure is drawn again, without error
+    assert [c.description for c in explorer.children[:2]] == ["split", "budget %"]

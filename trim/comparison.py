@@ -111,6 +111,38 @@ def weighted_cost(points: pd.DataFrame, price_ratio: float) -> pd.DataFrame:
     return weighted
 
 
+def price_sweep(points: pd.DataFrame, ratios: Sequence[float], families: Sequence[str] | None = None,
+                metric: str = "CPT(95%)") -> pd.DataFrame:
+    """`metric` of each family with cost = strong tokens + ratio x PRM tokens, one column per price ratio.
+    The endpoints stay those of strong tokens alone: strong-only and weak-only read no PRM."""
+    ends = endpoints_of(points)
+    return pd.DataFrame({ratio: frontier_by_family(weighted_cost(points, ratio), ends, families)[metric]
+                         for ratio in ratios}).rename_axis(columns="PRM token price, in strong tokens")
+
+
+def break_even_price(points: pd.DataFrame, family: str, rival: str, metric: str = "CPT(95%)",
+                     highest: float = 10.0) -> float:
+    """The price of a PRM token (in strong tokens) at which `family`, paying for its PRM, stops beating
+    `rival` on `metric` (a cost: lower is better); inf if it still wins at `highest`, 0 if it never wins.
+    A family's weighted cost only grows with the price, so the crossing is found by bisection."""
+    ends = endpoints_of(points)
+
+    def margin(ratio: float) -> float:
+        # A family that never reaches the target costs more than any that does.
+        table = frontier_by_family(weighted_cost(points, ratio), ends, [family, rival])[metric].fillna(float("inf"))
+        return float(table[rival] - table[family])   # > 0: the family is cheaper
+
+    if not margin(0.0) > 0:
+        return 0.0
+    if margin(highest) > 0:
+        return float("inf")
+    low, high = 0.0, highest
+    for _ in range(40):
+        middle = (low + high) / 2
+        low, high = (middle, high) if margin(middle) > 0 else (low, middle)
+    return (low + high) / 2
+
+
 def frontier_by_family(points: pd.DataFrame, ends: Endpoints, families: Sequence[str] | None = None) -> pd.DataFrame:
     """`frontier_table` of the families in a points table (as `Comparison.points` or curves.csv holds)."""
     names = [f for f in points["family"].unique() if f not in ("weak-only", "strong-only")
@@ -137,6 +169,6 @@ def accuracy_at(points: pd.DataFrame, budget: float, families: Sequence[str] | N
                                                ends, budget) for name in names}, name=f"accuracy at {budget:g}")
 
 
-__all__ = ["CALIBRATION_SHARES", "CONFIDENCE_GRID", "Comparison", "accuracy_at", "calibrated_sweep",
+__all__ = ["CALIBRATION_SHARES", "CONFIDENCE_GRID", "Comparison", "accuracy_at", "break_even_price", "calibrated_sweep",
            "calibrated_thresholds", "compare_all", "confidence_sweep", "endpoints_of", "frontier_by_family",
-           "weighted_cost"]
+           "price_sweep", "weighted_cost"]

@@ -42,3 +42,16 @@ RELEASE_THR_SWEEP = pd.DataFrame({
     "strong_calls": [0.0, 0.98, 1.34, 1.5, 1.75, 1.92, 1.88, 2.07, 2.2, 2.12, 2.19, 2.29, 2.39, 2.54, 2.52, 2.76,
                      2.82, 2.86, 2.93, 3.33, 8.02],
 })
+
+# AIME (trained and tested on AIME; the paper's hardest in-distribution setting): CPT(95%) in % of strong-only
+# tokens and mean dIBC. NaN: not reported.
+AIME = pd.DataFrame(
+    {"CPT(95%)": [28.17, 38.01, 82.34], "dIBC": [5.00, float("nan"), 0.79]},
+    index=pd.Index(["TRIM-POMDP", "TRIM-Agg", "SW ranking (best query-level)"], name="policy"))
+
+# Transfer: routers trained on AIME, tested on AIME, OlympiadBench and Minerva Math; mean dIBC. NaN: not reported.
+TRANSFER = pd.DataFrame(
+    {"AIME (where trained)": [2.50, float("nan"), 0.44, 0.79],
+     "OlympiadBench": [2.57, 1.31, -0.04, 0.07],
+     "Minerva Math": [3.12, 2.23, -0.10, 0.04]},
+    index=pd.Index(["TRIM-Agg", "TRIM-Thr", "BERT classifier", "SW ranking"], name="policy"))

@@ -1,4 +1,5 @@
-"""The book's recurring figures: accuracy against strong tokens, and a PRM's quality at a glance."""
+"""The book's recurring figures: accuracy against strong tokens, a PRM's quality at a glance, and accuracy at
+a budget (a static figure, and an ipywidgets explorer)."""
 
 from __future__ import annotations
 
@@ -104,3 +105,58 @@ def belief_simplex(beliefs: np.ndarray, values: np.ndarray, ax=None, title: str 
     if title:
         ax.set_title(title, fontsize=9)
     return image
+
+
+def accuracy_at_budgets(points: pd.DataFrame, budgets, families=None, ax=None, title: str | None = None):
+    """Each family's best accuracy at each strong-token budget (a share of strong-only's tokens), from its
+    frontier: the static face of `budget_explorer`. `points` is a curves table (`trim.comparison`)."""
+    import matplotlib.pyplot as plt
+
+    from trim.comparison import accuracy_at, endpoints_of
+
+    ends = endpoints_of(points)
+    table = pd.DataFrame({share: accuracy_at(points, share * ends.strong_cost, families) for share in budgets})
+    if ax is None:
+        _, ax = plt.subplots(figsize=(7, 4.5))
+    for index, (name, row) in enumerate(table.iterrows()):
+        ax.plot(100 * np.asarray(budgets), row.to_numpy(), marker=MARKERS[index % len(MARKERS)],
+                ls=LINE_STYLES[index % len(LINE_STYLES)], color=f"C{index % 10}", label=name, lw=1.5)
+    ax.axhline(ends.strong_accuracy, color="k", lw=0.8, ls=":", label="strong-only")
+    ax.axhline(ends.weak_accuracy, color="grey", lw=0.8, ls=":", label="weak-only")
+    ax.set_xlabel("budget: strong tokens per query, % of strong-only's")
+    ax.set_ylabel("accuracy")
+    if title:
+        ax.set_title(title)
+    ax.legend(fontsize=7, loc="lower right", ncol=2)
+    ax.figure.tight_layout()
+    return ax
+
+
+def budget_explorer(points: pd.DataFrame, families=None, splits: Mapping[str, pd.DataFrame] | None = None):
+    """An ipywidgets explorer: pick a budget (and a split) and see each policy's accuracy as bars.
+
+    In a live kernel (Jupyter, Colab) it returns the widget; without ipywidgets it raises ImportError, and
+    the built book shows `accuracy_at_budgets` instead (a static page cannot run a slider)."""
+    import ipywidgets as widgets
+    import matplotlib.pyplot as plt
+
+    from trim.comparison import accuracy_at, endpoints_of
+
+    splits = dict(splits) if splits else {"": points}
+
+    def show(split: str, share: float):
+        data = splits[split]
+        ends = endpoints_of(data)
+        accuracy = accuracy_at(data, share / 100 * ends.strong_cost, families).sort_values()
+        _, ax = plt.subplots(figsize=(7, 0.32 * len(accuracy) + 1.2))
+        ax.barh(accuracy.index, accuracy.to_numpy(), color=[f"C{i % 10}" for i in range(len(accuracy))])
+        ax.axvline(ends.strong_accuracy, color="k", lw=0.8, ls=":")
+        ax.axvline(ends.weak_accuracy, color="grey", lw=0.8, ls=":")
+        ax.set_xlim(ends.weak_accuracy - 0.05, max(ends.strong_accuracy, accuracy.max()) + 0.03)
+        ax.set_xlabel(f"accuracy at {share:.0f}% of strong-only's tokens ({share / 100 * ends.strong_cost:.0f} per "
+                      "query); dotted: weak-only, strong-only")
+        plt.show()
+
+    return widgets.interactive(show, split=widgets.Dropdown(options=list(splits), description="split"),
+                               share=widgets.FloatSlider(value=20, min=2, max=100, step=1, description="budget %",
+                                                         continuous_update=False))
