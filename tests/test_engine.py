@@ -235,6 +235,15 @@ def test_the_confidence_policy_regenerates_the_steps_its_generator_doubts_and_ne
     with pytest.raises(ValueError, match="reports no token log-probabilities"):
         run_policy(PROBLEMS[:1], ConfidenceThreshold(0.5), ScriptedGenerator("weak"), ScriptedGenerator("strong"),
                    None)
+    # Beside a PRM, in one sweep: the confidence router's rows never ask it; weak-only's keep their scores.
+    prm = KeywordPRM()
+    confident, weak_only = run_policies(PROBLEMS[:2], [ConfidenceThreshold(0.5), WeakOnly()], weak,
+                                        ScriptedGenerator("strong"), prm)
+    assert all(s["score"] is None for r in confident for s in r["steps"])
+    assert all(s["score"] is not None for r in weak_only for s in r["steps"]) and prm.calls > 0
+    alone = KeywordPRM()
+    run_policy(PROBLEMS[:2], ConfidenceThreshold(0.5), weak, ScriptedGenerator("strong"), alone)
+    assert alone.calls == 0
 
 
 @pytest.mark.parametrize("logprob", [0.5, float("nan"), "high", True])

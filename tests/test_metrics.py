@@ -172,6 +172,21 @@ def test_the_budget_explorer_redraws_for_a_chosen_budget_and_split():
     from trim import plots
 
     points = _points(stepwise=[(10, 0.7, 50), (20, 0.78, 100)])
-    explorer = plots.budget_explorer(points, splits={"a": points, "b": points})
+    explorer = plots.budget_explorer({"a": points, "b": points})
     explorer.children[1].value = 35.0   # the budget slider: the figure is drawn again, without error
     assert [c.description for c in explorer.children[:2]] == ["split", "budget %"]
+
+
+def test_prm_tokens_at_a_cost_follow_the_frontier_and_its_endpoints():
+    from trim import comparison
+    from trim.metrics import Endpoints
+
+    ends = Endpoints(0.4, 0.8, 100.0)
+    points = _points(stepwise=[(0, 0.4, 60), (10, 0.7, 50), (20, 0.78, 100), (30, 0.7, 500)])
+    family = points[points["family"] == "stepwise"]
+    # On a frontier point, its own count; between two, the mix; beyond the last, towards strong-only's 0.
+    assert comparison.prm_tokens_at_cost(family, ends, 10) == pytest.approx(50)
+    assert comparison.prm_tokens_at_cost(family, ends, 15) == pytest.approx(75)
+    assert comparison.prm_tokens_at_cost(family, ends, 60) == pytest.approx(50)
+    # At zero cost weak-only is on the frontier and reads nothing, however much the k = 0 point reads.
+    assert comparison.prm_tokens_at_cost(family, ends, 0) == 0

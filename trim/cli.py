@@ -183,7 +183,8 @@ def main(argv: list[str] | None = None) -> int:
         # its state every --validate-every batches; the other commands write at their end, or nothing.
         traced = {"run", "sweep", "calibrate", "baselines", "transfer", "prm-noise"}
         if args.command in traced:
-            where = args.out or "runs/<split> (under $TRIM_RUNS_DIR if set)"
+            where = args.out or ("runs/transfer" if args.command == "transfer" else "runs/<split>")
+            where += "" if args.out else " (under $TRIM_RUNS_DIR if set)"
             said = (f"kept every finished problem, in the trace files under {where}; run the same command again "
                     "to resume")
         elif args.command == "train-policy":

@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Sequence
 
+import numpy as np
 import pandas as pd
 
 from trim.experiment import Harness
@@ -19,8 +20,8 @@ from trim.policies import RSD, ConfidenceThreshold, Threshold
 
 # Budgets a user calibrates TRIM-Thr for, as shares of strong-only's tokens (chapter 4's calibration).
 CALIBRATION_SHARES = (0.15, 0.30, 0.50)
-# The weak model's confidence (geometric-mean token probability) sits close to 1 on most steps, real models'
-# too (their steps are mostly near-deterministic text), so the grid is dense just below 1: 1 - 10^-x.
+# The testbed weak model's confidence (geometric-mean token probability) is above 0.95 on most steps and above
+# 0.99 on half of them (chapter 9), so the grid is dense just below 1.
 CONFIDENCE_GRID = (0.0, 0.5, 0.8, 0.9, 0.95, 0.97, 0.98, 0.985, 0.99, 0.9925, 0.995, 0.9965, 0.9975, 0.9985,
                    0.999, 0.9995, 0.9998, 1.0)
 KNOBS = ("k", "c", "lambda", "belief", "target_share")   # what a curve point was made with
@@ -71,8 +72,8 @@ def compare_all(harness: Harness, problems: Sequence, train: Sequence, validatio
     from trim.testbed.oracle import OraclePRM
 
     if ks is None:   # calibrated on validation, traced apart from this split's runs of the same thresholds
-        ks = calibrated_thresholds(harness.elsewhere(harness.trace_dir and harness.trace_dir / "validation"),
-                                   validation)
+        calibration = harness.with_prm(None, harness.trace_dir and harness.trace_dir / "calibration-validation")
+        ks = calibrated_thresholds(calibration, validation, points=points)
     steps = {"TRIM-Thr": harness.sweep(problems, threshold_grid(points)), "RSD": harness.sweep(problems, [RSD()]),
              "TRIM-Thr (k calibrated on validation)": calibrated_sweep(harness, problems, ks),
              "confidence router (no PRM)": confidence_sweep(harness, problems),
@@ -86,7 +87,8 @@ def compare_all(harness: Harness, problems: Sequence, train: Sequence, validatio
     # The PRM's own cost beside the strong tokens: per family, at the point that first reaches 95% of the gap.
     table["PRM tokens (at CPT 95%)"] = [_prm_at_95(families[name], ends) for name in table.index]
     rows = [pd.DataFrame({"family": name, "strong_tokens": frame["strong_tokens"], "accuracy": frame["accuracy"],
-                          "prm_tokens": frame["prm_tokens"] if "prm_tokens" in frame else 0.0,
+                          # unknown (NaN) where the generator had no tokenizer to count the question with
+                          "prm_tokens": frame["prm_tokens"] if "prm_tokens" in frame else float("nan"),
                           **{knob: frame[knob] for knob in KNOBS if knob in frame}})
             for name, frame in families.items() if len(frame)]
     rows.append(pd.DataFrame({"family": ["weak-only", "strong-only"], "strong_tokens": [0.0, ends.strong_cost],
@@ -95,19 +97,34 @@ def compare_all(harness: Harness, problems: Sequence, train: Sequence, validatio
 
 
 def _prm_at_95(frame: pd.DataFrame, ends: Endpoints) -> float:
-    """PRM tokens per query at the cheapest point of `frame` reaching PGR 95%; NaN if none does."""
-    if not len(frame) or "prm_tokens" not in frame:
-        return 0.0 if len(frame) else float("nan")
-    target = ends.weak_accuracy + 0.95 * (ends.strong_accuracy - ends.weak_accuracy)
-    reached = frame[frame["accuracy"] >= target]
-    return float(reached.sort_values("strong_tokens")["prm_tokens"].iloc[0]) if len(reached) else float("nan")
+    """PRM tokens per query where the family's frontier first closes 95% of the gap (its CPT(95%)); NaN if never."""
+    from trim.metrics import cost_at_pgr
+
+    if not len(frame):
+        return float("nan")
+    cost = cost_at_pgr(frame, ends, 0.95)
+    return prm_tokens_at_cost(frame, ends, cost) if np.isfinite(cost) else float("nan")
+
+
+def prm_tokens_at_cost(frame: pd.DataFrame, ends: Endpoints, cost: float) -> float:
+    """A family's PRM tokens per query at `cost` strong tokens on its Pareto frontier, interpolated between
+    frontier points as CPT is (a per-query mix of two operating points); the endpoints join the frontier and
+    read no PRM."""
+    from trim.metrics import pareto_frontier
+
+    prm = frame["prm_tokens"] if "prm_tokens" in frame else pd.Series(0.0, index=frame.index)
+    read = dict(zip(zip(frame["strong_tokens"], frame["accuracy"]), prm))   # NaN where unknown
+    read.update({(0.0, ends.weak_accuracy): 0.0, (ends.strong_cost, ends.strong_accuracy): 0.0})
+    frontier = pareto_frontier(frame, ends)
+    return float(np.interp(cost, frontier[:, 0], [read[(c, a)] for c, a in frontier]))
 
 
 def weighted_cost(points: pd.DataFrame, price_ratio: float) -> pd.DataFrame:
     """Curve points with cost = strong tokens + price_ratio x PRM tokens (a PRM token priced at `price_ratio`
-    strong tokens), in the `strong_tokens` column that the metrics read."""
-    weighted = points.copy()
-    weighted["strong_tokens"] = points["strong_tokens"] + price_ratio * points["prm_tokens"].fillna(0.0)
+    strong tokens), in the `strong_tokens` column that the metrics read. Points whose PRM tokens are unknown
+    (NaN) cannot be priced and are left out."""
+    weighted = points.dropna(subset=["prm_tokens"]).copy()
+    weighted["strong_tokens"] = weighted["strong_tokens"] + price_ratio * weighted["prm_tokens"]
     return weighted
 
 
@@ -124,12 +141,12 @@ def break_even_price(points: pd.DataFrame, family: str, rival: str, metric: str 
                      highest: float = 10.0) -> float:
     """The price of a PRM token (in strong tokens) at which `family`, paying for its PRM, stops beating
     `rival` on `metric` (a cost: lower is better); inf if it still wins at `highest`, 0 if it never wins.
-    A family's weighted cost only grows with the price, so the crossing is found by bisection."""
+    The crossing is found by bisection, which assumes one crossing: true when the rival reads no PRM (its
+    cost stays put while the family's grows); against a rival that reads one too, check `price_sweep`."""
     ends = endpoints_of(points)
 
     def margin(ratio: float) -> float:
-        # A family that never reaches the target costs more than any that does.
-        table = frontier_by_family(weighted_cost(points, ratio), ends, [family, rival])[metric].fillna(float("inf"))
+        table = frontier_by_family(weighted_cost(points, ratio), ends, [family, rival])[metric]
         return float(table[rival] - table[family])   # > 0: the family is cheaper
 
     if not margin(0.0) > 0:
@@ -151,9 +168,13 @@ def frontier_by_family(points: pd.DataFrame, ends: Endpoints, families: Sequence
 
 
 def endpoints_of(points: pd.DataFrame) -> Endpoints:
-    """The endpoints recorded in a points table (its weak-only and strong-only rows)."""
-    weak = points[points["family"] == "weak-only"].iloc[0]
-    strong = points[points["family"] == "strong-only"].iloc[0]
+    """The endpoints recorded in a points table (its weak-only and strong-only rows) of one split."""
+    weak, strong = points[points["family"] == "weak-only"], points[points["family"] == "strong-only"]
+    if len(weak) != 1 or len(strong) != 1:
+        raise ValueError(f"a points table of one split has one weak-only and one strong-only row; this one has "
+                         f"{len(weak)} and {len(strong)}: select one split first (e.g. points[points['split'] == "
+                         "'test'])")
+    weak, strong = weak.iloc[0], strong.iloc[0]
     return Endpoints(float(weak["accuracy"]), float(strong["accuracy"]), float(strong["strong_tokens"]))
 
 
@@ -171,4 +192,4 @@ def accuracy_at(points: pd.DataFrame, budget: float, families: Sequence[str] | N
 
 __all__ = ["CALIBRATION_SHARES", "CONFIDENCE_GRID", "Comparison", "accuracy_at", "break_even_price", "calibrated_sweep",
            "calibrated_thresholds", "compare_all", "confidence_sweep", "endpoints_of", "frontier_by_family",
-           "price_sweep", "weighted_cost"]
+           "price_sweep", "prm_tokens_at_cost", "weighted_cost"]

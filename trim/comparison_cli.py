@@ -16,36 +16,53 @@ from trim.routing_cli import (
     _add_pomdp_options,
     _common,
     _harness,
+    _integer,
     _plot_curves,
     _print,
+    _problems,
+    check_out_dir,
     fraction,
     policies_root,
-    pomdp_model,
+    pomdp_options,
     positive_int,
-    router_train_problems,
-    router_validation_problems,
     runs_dir,
 )
+
+# The query-level routers fit classifiers and densities on labelled problems: below these, their fits fail.
+router_train_problems = _integer(20, "at least 20 (the routers' classifiers and densities need that many)")
+router_validation_problems = _integer(10, "at least 10 (the routers tune their thresholds on them)")
 
 PAPER_RATIOS = {"TRIM-Thr": "4.75 / 0.95 = 5.0", "TRIM-Agg": "5.67 / 0.95 = 6.0", "TRIM-POMDP": "5.86 / 0.95 = 6.2"}
 
 
-def _comparison(args, split: str, out: Path, ks: dict | None = None):
-    """`compare_all` on one split, with its harness (traces under `out`)."""
+def pomdp_model(args):
+    """The routing POMDP model a command plans with (`pomdp_options`): what these commands solve."""
+    from trim.pomdp.model import routing_model
+
+    options = pomdp_options(args)
+    return routing_model(options["obs_model"], options["dynamics"])
+
+
+def _comparison(args, harness, problems: list, ks: dict | None = None):
+    """`compare_all` of `problems` through `harness`, the routers fit on the testbed's train/validation."""
     from trim import testbed
     from trim.comparison import compare_all
+    from trim.policies.learned import KINDS, shipped_lambdas
 
     model, root = pomdp_model(args), policies_root(args)
-    harness, problems = _harness(args, out, split=split)
     splits = testbed.Splits(args.split_seed)
     train = splits["train"][: args.train_problems]
     validation = splits["validation"][: args.validation_problems]
-    from trim.policies.learned import KINDS, shipped_lambdas
-
     if not any(shipped_lambdas(kind, root) for kind in KINDS):
         print(f"no TRIM-Agg or TRIM-Seq policies under {root} (trained under this --testbed-prm): "
               "they are left out; train them with `trim train-policy`, or pass --policies", file=sys.stderr)
-    return compare_all(harness, problems, train, validation, model, root, args.points, ks), harness
+    return compare_all(harness, problems, train, validation, model, root, args.points, ks)
+
+
+def _testbed_only(args, command: str) -> None:
+    if args.dataset or args.preset != "testbed":
+        raise CommandError(f"{command} fits the query-level routers on the testbed's train and validation splits: "
+                           "drop --dataset and --preset")
 
 
 def _ratios(table: pd.DataFrame) -> None:
@@ -61,8 +78,10 @@ def _ratios(table: pd.DataFrame) -> None:
 
 
 def cmd_baselines(args) -> int:
+    _testbed_only(args, "baselines")
     out = Path(args.out) if args.out else runs_dir(args.split)
-    result, harness = _comparison(args, args.split, out)
+    harness, problems = _harness(args, out)
+    result = _comparison(args, harness, problems)
     _print(result.table)
     print(f"\nweak-only {result.ends.weak_accuracy:.3f}, strong-only {result.ends.strong_accuracy:.3f} "
           f"at {result.ends.strong_cost:.1f} strong tokens/query")
@@ -81,14 +100,17 @@ def cmd_transfer(args) -> int:
     from trim import testbed
     from trim.comparison import calibrated_thresholds
 
+    _testbed_only(args, "transfer")
     out = Path(args.out) if args.out else runs_dir("transfer")
+    # One load of the models and one cache for every split: the routers' labels (weak-only and strong-only
+    # on train and validation) are decoded once; each split's traces go to a folder of its own.
     harness, _ = _harness(args, out / "validation", split="validation")
     splits = testbed.Splits(args.split_seed)
-    ks = calibrated_thresholds(harness, splits["validation"][: args.validation_problems])
+    ks = calibrated_thresholds(harness, splits["validation"][: args.validation_problems], points=args.points)
     print("TRIM-Thr calibrated on validation: " + ", ".join(f"{share:.0%} -> k = {k:.3f}" for share, k in ks.items()))
     tables, points, calibration = [], [], []
     for split in args.splits:
-        result, _ = _comparison(args, split, out / split, ks)
+        result = _comparison(args, harness.with_prm(None, check_out_dir(out / split)), _problems(args, split), ks)
         tables.append(result.table.assign(split=split).reset_index().set_index(["split", "policy"]))
         points.append(result.points.assign(split=split))
         calibrated = result.points[result.points["family"] == "TRIM-Thr (k calibrated on validation)"]

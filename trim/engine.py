@@ -249,19 +249,21 @@ def _round(active: list[_State], policies: Sequence[Policy], weak, strong, prm, 
         asked = [requests[i] for i in weak_rows]
         for i, candidate in zip(weak_rows, check_proposals(weak.propose(asked), asked, weak)):
             candidates[i] = candidate
-        scored = _score(active, candidates, weak_rows, prm) if prm is not None else {}
+        # Only the rows of policies that read the scores (or keep them in their trace) ask the PRM.
+        to_score = [i for i in weak_rows if policies[active[i].policy].uses_prm
+                    or policies[active[i].policy].records_scores] if prm is not None else []
+        scored = _score(active, candidates, to_score, prm) if to_score else {}
         observations = {}
         for i in weak_rows:
             state, candidate = active[i], candidates[i]
             score = None
-            if prm is not None:
-                if i in scored:
-                    state.scores = [_finite(x) for x in scored[i][:-1]]
-                    score = _finite(scored[i][-1])
-                    unscored[i] = [j for j, x in enumerate(scored[i], 1) if x is None or math.isnan(x)]
-                else:
-                    state.empty_steps += 1
-                    score = 0.0  # an empty step has nothing to score: it gets the worst score, the policy decides
+            if i in scored:
+                state.scores = [_finite(x) for x in scored[i][:-1]]
+                score = _finite(scored[i][-1])
+                unscored[i] = [j for j, x in enumerate(scored[i], 1) if x is None or math.isnan(x)]
+            elif i in to_score:
+                score = 0.0  # an empty step has nothing to score: it gets the worst score, the policy decides
+            state.empty_steps += not candidate.text.strip()
             observations[i] = Observation(
                 problem_id=state.problem.id, step_index=len(state.steps) + 1, score=score,
                 previous_scores=tuple(state.scores), tokens=candidate.tokens,
@@ -324,6 +326,9 @@ def _score(active: list[_State], candidates: list, weak_rows: list[int], prm) ->
 
 
 def _confidence(proposal) -> float | None:
+    # An empty step has no tokens to be confident in: the worst confidence, as it gets the worst PRM score.
+    if proposal.tokens == 0:
+        return 0.0
     logprob = getattr(proposal, "mean_logprob", None)
     return None if logprob is None else math.exp(min(float(logprob), 0.0))
 

@@ -33,21 +33,18 @@ class Harness:
         self.trace_dir = Path(trace_dir) if trace_dir else None
 
     def with_prm(self, prm, trace_dir: str | Path | None = None) -> "Harness":
-        """The same generators and the steps they have decoded, judged by another PRM.
+        """The same generators and the steps they have decoded, judged by another PRM (or, with `prm=None`,
+        by this one and its cached scores), writing traces to `trace_dir`.
 
         Weak and strong steps depend on the prefix only, never on the PRM, so a PRM counterfactual decodes
         just the steps its own routing reaches for the first time. Traces go to `trace_dir`, not to this
-        harness's folder: a trace records its PRM, and resuming under another one is refused."""
-        other = Harness(self.weak.generator, self.strong.generator, prm, self.run_settings, trace_dir, self.progress)
+        harness's folder: a trace records its PRM, and resuming under another one is refused; and runs of the
+        same policies on other problems (another split) must not share a trace file either."""
+        other = Harness(self.weak.generator, self.strong.generator, self.prm.prm if prm is None else prm,
+                        self.run_settings, trace_dir, self.progress)
         other.weak, other.strong = self.weak, self.strong
-        return other
-
-    def elsewhere(self, trace_dir: str | Path | None) -> "Harness":
-        """The same models and caches, writing traces to `trace_dir`: for runs of the same policies on other
-        problems, whose traces must not share a file with this folder's."""
-        other = Harness(self.weak.generator, self.strong.generator, self.prm.prm, self.run_settings, trace_dir,
-                        self.progress)
-        other.weak, other.strong, other.prm = self.weak, self.strong, self.prm
+        if prm is None:
+            other.prm = self.prm
         return other
 
     def trace_path(self, policy: Policy, tag: str = "") -> Path | None:
@@ -68,10 +65,6 @@ class Harness:
         lengths = tokenizer([p.question for p in problems], add_special_tokens=False).input_ids
         return {p.id: len(ids) for p, ids in zip(problems, lengths)}
 
-    def summary(self, problems: Sequence, policy: Policy, records: Sequence[dict]) -> dict:
-        """`summarize` of a run of `policy` on `problems`, with the PRM's tokens per query."""
-        return summarize(records, self.question_tokens(problems), reads_prm=policy.uses_weak and policy.uses_prm)
-
     def endpoints(self, problems: Sequence) -> tuple[Endpoints, dict, dict]:
         weak = summarize(self.run(problems, WeakOnly()))
         strong = summarize(self.run(problems, StrongOnly()))
@@ -84,7 +77,9 @@ class Harness:
         asked for together and the new ones are generated in batches of every policy's rows."""
         runs = run_policies(problems, policies, self.weak, self.strong, self.prm, self.run_settings,
                             trace_paths=[self.trace_path(policy) for policy in policies], progress=self.progress)
-        return pd.DataFrame([{"policy": policy.name, **policy.params(), **self.summary(problems, policy, records)}
+        questions = self.question_tokens(problems)
+        return pd.DataFrame([{"policy": policy.name, **policy.params(),
+                              **summarize(records, questions, reads_prm=policy.uses_prm)}
                              for policy, records in zip(policies, runs)])
 
     def cache_report(self) -> str:

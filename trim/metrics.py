@@ -39,7 +39,8 @@ def summarize(records: Sequence[dict], question_tokens: dict | None = None, read
     """Accuracy and tokens per query of one run's traces.
 
     With `question_tokens` (problem id -> the question's length in tokens) it adds `prm_tokens`, the PRM's
-    own cost per query (`prm_tokens`); a policy that never reads a score (`reads_prm=False`) costs none."""
+    own tokens per query (see `prm_tokens`); a policy that never reads a score (`reads_prm=False`) costs none,
+    even where its trace keeps scores (weak-only's)."""
     n = len(records)
     if n == 0:
         raise ValueError("no traces to summarize")
@@ -60,13 +61,12 @@ def prm_tokens(record: dict, question_tokens: int) -> int:
     so the question once, every candidate it scores (kept or not), and every strong rewrite that a later
     call reads in its prefix. Counted in the generators' tokens; the PRM's template and step tags add a few
     per step. Steps never scored (an empty candidate, strong-only) cost nothing."""
-    total, unread = 0, 0   # unread: rewrites since the last call, read as prefix by the next one
+    total, unread, called = 0, 0, False   # unread: rewrites since the last call, read as the next one's prefix
     for step in record["steps"]:
-        scored = step.get("score") is not None
-        if scored:
+        if step.get("score") is not None:
             candidate = step["tokens"] if step["model"] == "weak" else step["discarded_tokens"]
-            total += (question_tokens if total == 0 else 0) + unread + candidate
-            unread = 0
+            total += (0 if called else question_tokens) + unread + candidate
+            unread, called = 0, True
         if step["model"] == "strong":
             unread += step["tokens"]
     return total

@@ -132,24 +132,29 @@ def accuracy_at_budgets(points: pd.DataFrame, budgets, families=None, ax=None, t
     return ax
 
 
-def budget_explorer(points: pd.DataFrame, families=None, splits: Mapping[str, pd.DataFrame] | None = None):
+def budget_explorer(splits: Mapping[str, pd.DataFrame] | pd.DataFrame, families=None):
     """An ipywidgets explorer: pick a budget (and a split) and see each policy's accuracy as bars.
 
-    In a live kernel (Jupyter, Colab) it returns the widget; without ipywidgets it raises ImportError, and
-    the built book shows `accuracy_at_budgets` instead (a static page cannot run a slider)."""
+    `splits` is one split's points table (`trim.comparison`) or a mapping from split name to one. In a live
+    kernel (Jupyter, Colab) it returns the widget; without ipywidgets it raises ImportError, and the built
+    book shows `accuracy_at_budgets` instead (a static page cannot run a slider)."""
     import ipywidgets as widgets
     import matplotlib.pyplot as plt
 
     from trim.comparison import accuracy_at, endpoints_of
 
-    splits = dict(splits) if splits else {"": points}
+    splits = {"": splits} if isinstance(splits, pd.DataFrame) else dict(splits)
+    # One colour per family, whatever the budget: a bar keeps its colour as the ranking changes.
+    names = list(dict.fromkeys(f for data in splits.values() for f in data["family"]
+                               if f not in ("weak-only", "strong-only") and (families is None or f in families)))
+    colour = {name: f"C{i % 10}" for i, name in enumerate(names)}
 
     def show(split: str, share: float):
         data = splits[split]
         ends = endpoints_of(data)
         accuracy = accuracy_at(data, share / 100 * ends.strong_cost, families).sort_values()
         _, ax = plt.subplots(figsize=(7, 0.32 * len(accuracy) + 1.2))
-        ax.barh(accuracy.index, accuracy.to_numpy(), color=[f"C{i % 10}" for i in range(len(accuracy))])
+        ax.barh(accuracy.index, accuracy.to_numpy(), color=[colour[name] for name in accuracy.index])
         ax.axvline(ends.strong_accuracy, color="k", lw=0.8, ls=":")
         ax.axvline(ends.weak_accuracy, color="grey", lw=0.8, ls=":")
         ax.set_xlim(ends.weak_accuracy - 0.05, max(ends.strong_accuracy, accuracy.max()) + 0.03)

@@ -1,4 +1,5 @@
-"""`trim run | sweep | calibrate | baselines | metrics`: routing experiments from the shell, on the testbed.
+"""`trim run | sweep | calibrate | metrics`: routing experiments from the shell, on the testbed (the comparisons,
+`trim baselines | transfer | prm-noise`, are in `trim.comparison_cli` and share these options and checks).
 
 Every path and number is checked before a model is loaded, so a typo costs a second, not a model load;
 errors a user can cause are `CommandError`s, which the `trim` command prints as one line."""
@@ -68,9 +69,6 @@ def _integer(minimum: int, what: str):
 
 positive_int = _integer(1, "a positive integer")
 count = _integer(0, "an integer >= 0")  # a count that may be zero
-# The query-level routers fit classifiers and densities on labelled problems: below these, their fits fail.
-router_train_problems = _integer(20, "at least 20 (the routers' classifiers and densities need that many)")
-router_validation_problems = _integer(10, "at least 10 (the routers tune their thresholds on them)")
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -118,14 +116,6 @@ def pomdp_options(args) -> dict:
     real = args.testbed_prm == "real-noise" or args.preset != "testbed"
     return {"obs_model": args.obs_model or ("real" if real else "testbed"), "belief": getattr(args, "belief", "filter"),
             "dynamics": "testbed" if args.preset == "testbed" else "real"}
-
-
-def pomdp_model(args):
-    """The routing POMDP model a command plans with (`pomdp_options`): what baselines and prm-noise solve."""
-    from trim.pomdp.model import routing_model
-
-    options = pomdp_options(args)
-    return routing_model(options["obs_model"], options["dynamics"])
 
 
 def _add_pomdp_options(p: argparse.ArgumentParser, belief: bool = True) -> None:

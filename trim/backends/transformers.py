@@ -227,8 +227,10 @@ class TransformersGenerator:
         for _ in range(limit):
             sampled = sample_rows(logits, self.sampling, [rngs[row] for row in live]).to(self.device)
             token = torch.where(torch.tensor(stopped, device=self.device), pad, sampled)
-            # Raw log-probabilities (before temperature and truncation), as vLLM's logprobs are by default.
-            chosen = torch.log_softmax(logits.float(), -1).gather(-1, token.unsqueeze(-1)).squeeze(-1).tolist()
+            # Raw log-probabilities (before temperature and truncation), as vLLM's logprobs are by default; the
+            # chosen logit minus the log-normaliser, so no vocabulary-sized buffer is built for it.
+            raw = logits.float()
+            chosen = (raw.gather(-1, token.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(raw, -1)).tolist()
             for k, (row, t, end) in enumerate(zip(live, token.tolist(), torch.isin(token, self.stop_ids).tolist())):
                 if not stopped[k]:
                     tokens[row].append(t)

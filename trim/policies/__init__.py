@@ -41,7 +41,7 @@ register("random", PolicySpec(lambda rate, seed, **_: RandomRegeneration(rate, s
                               "regenerate a random share of steps (the control)", knob="rate", default=0.2))
 register("confidence", PolicySpec(lambda c, seed, **_: ConfidenceThreshold(c),
                                   "regenerate iff the weak model's own confidence in its step (geometric-mean token "
-                                  "probability) < c; no PRM", knob="c", default=0.5))
+                                  "probability) < c; no PRM", knob="c", default=0.99))
 
 
 def _trained(kind: str):

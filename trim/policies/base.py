@@ -54,11 +54,14 @@ class Policy:
     Rules implement `regenerate`; a learned policy overrides `decide` to run one batched forward pass
     and return `Decision`s with extras. `uses_weak = False` tells the engine that the policy never
     keeps a weak step, so it should not ask the weak model or the PRM at all (strong-only);
-    `uses_prm = False` that it never reads a score, so the PRM may be absent (weak-only sampling)."""
+    `uses_prm = False` that it never reads a score, so the PRM may be absent and is not asked (the
+    confidence router), unless `records_scores` asks for the scores in the trace anyway (weak-only, whose
+    traces AutoMix-PRM and the chapters read them from)."""
 
     name = "policy"
     uses_weak = True
     uses_prm = True
+    records_scores = False
 
     def regenerate(self, observation: Observation) -> bool:
         raise NotImplementedError

@@ -9,6 +9,7 @@ from trim.policies.base import Observation, Policy
 class WeakOnly(Policy):
     name = "weak-only"
     uses_prm = False
+    records_scores = True   # its trace keeps the PRM's scores of its steps, when a PRM is given
 
     def regenerate(self, observation: Observation) -> bool:
         return False
