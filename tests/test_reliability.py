@@ -146,11 +146,12 @@ def test_policy_names_keep_the_knobs_whole_value(tmp_path, capsys):
                                                                "TRIM-Thr_k=0.1234568_.jsonl"]
 
 
-SCORE_FIELDS = {"score", "previous_scores"}
+SCORE_FIELDS = {"score", "previous_scores", "confidence"}
 
 
 def differences(a, b, path="", tolerance=1e-5) -> list[str]:
-    """Where two records differ: exactly, except PRM scores, which may differ by `tolerance`."""
+    """Where two records differ: exactly, except PRM scores and step confidences, which may differ by
+    `tolerance`."""
     if isinstance(a, dict) and isinstance(b, dict):
         if a.keys() != b.keys():
             return [f"{path}: keys {sorted(a.keys() ^ b.keys())}"]
@@ -165,7 +166,8 @@ def differences(a, b, path="", tolerance=1e-5) -> list[str]:
 
 
 def test_a_killed_and_resumed_run_equals_an_uninterrupted_one_field_by_field(tmp_path):
-    # What "same seed, same traces" guarantees (README): every field equal, PRM scores to float rounding.
+    # What "same seed, same traces" guarantees (README): every field equal, PRM scores and step confidences to
+    # float rounding.
     argv = [sys.executable, "-m", "trim", "run", "--policy", "thr", "--k", "0.5", "--problems", "40", "--quiet"]
     whole = subprocess.run([*argv, "--out", str(tmp_path / "whole")], capture_output=True, text=True, timeout=600)
     assert whole.returncode == 0, whole.stderr
