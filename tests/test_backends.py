@@ -1,5 +1,7 @@
 """The transformers backends on tiny local models: seeded sampling, stop handling, PRM prefix reuse."""
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -10,6 +12,14 @@ from trim.protocols import SamplingParams, StepRequest
 from trim.sampling import filtered_probs, sample_rows
 from trim.testbed import DATA_DIR, task
 from trim.testbed.training import llama_config
+
+
+def assert_same_steps(got, expected) -> None:
+    """Proposals equal field by field, but for the mean log-probability: it comes from logits computed in
+    another batch (other padding, other rows), equal to float noise."""
+    assert [dataclasses.replace(p, mean_logprob=None) for p in got] == \
+        [dataclasses.replace(p, mean_logprob=None) for p in expected]
+    assert np.allclose([p.mean_logprob for p in got], [p.mean_logprob for p in expected], atol=1e-5)
 
 
 @pytest.fixture(scope="module")
@@ -141,7 +151,7 @@ def test_generator_rows_propose_the_same_step_in_a_batch_that_sheds_its_stopped_
     together = generator.propose(requests)
     assert shed and min(shed) < len(requests), "the batch never shed a stopped row"
     alone = [generator.propose([r])[0] for r in requests]
-    assert together == alone
+    assert_same_steps(together, alone)
     assert len({p.tokens for p in together}) > 3  # the rows did stop at different lengths
 
 
@@ -158,7 +168,7 @@ def test_generator_reads_prompts_of_mixed_lengths_in_separate_prefills_and_propo
     together = generator.propose(requests)
     assert len(groups[0]) >= 2, "prompts with and without four steps were read in separate forwards"
     fresh = TransformersGenerator(DATA_DIR / "weak", WEAK_SAMPLING, name="w")
-    assert together == [fresh.propose([r])[0] for r in requests]
+    assert_same_steps(together, [fresh.propose([r])[0] for r in requests])
 
 
 def test_roomy_cache_gives_the_dynamic_caches_numbers_when_growing_and_shedding_rows():
@@ -253,7 +263,7 @@ def test_an_accepted_weak_step_is_not_read_again(monkeypatch):
     second = generator.propose(following)
     assert read == [[1] * len(following)], "one forward, feeding one token per row: no prefill"
     fresh = TransformersGenerator(DATA_DIR / "weak", WEAK_SAMPLING, name="w", reuse_prefix=False)
-    assert second == fresh.propose(following)
+    assert_same_steps(second, fresh.propose(following))
 
 
 def test_prebuilt_attention_masks_give_exactly_the_models_own_numbers(random_prm):
