@@ -150,6 +150,12 @@ def test_bad_values_are_usage_errors(capsys, argv, message):
     assert exit_info.value.code == 2 and message in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("command", ["baselines", "transfer"])
+def test_a_comparison_refuses_problems_its_routers_were_not_fit_for(capsys, tmp_path, command):
+    code, _, err = run_cli(capsys, command, "--dataset", "math500", "--out", tmp_path)
+    assert code == 2 and "train and validation splits" in err and "drop --dataset" in err
+
+
 def test_bad_files_are_one_line_errors(capsys, tmp_path):
     missing = tmp_path / "nowhere"
     code, _, err = run_cli(capsys, "run", *FEW, "--models", missing, "--out", tmp_path)
