@@ -93,13 +93,13 @@ def compare(harness, train: Sequence, validation: Sequence, test: Sequence, step
             (("train", train, "-train"), ("validation", validation, "-validation"), ("test", test, ""))}
     ends, _, _ = harness.endpoints(test)
     questions = harness.question_tokens(test)
+    # AutoMix-PRM's verifier reads every weak solution whole, once (the other routers read no PRM).
+    whole_solution = (None if questions is None else
+                      float(np.mean([questions[i] for i in data["test"].ids]) + data["test"].weak_tokens.mean()))
     curves = {}
     for router in routers or default_routers():
         router.fit(data["train"], data["validation"])
         curves[router.name] = router.curve(data["test"])
-        if questions is not None:
-            # AutoMix-PRM's verifier reads every weak solution whole, once (the other routers read no PRM).
-            reads = getattr(router, "verifier", None) == "prm"
-            curves[router.name]["prm_tokens"] = (float(np.mean([questions[i] for i in data["test"].ids])
-                                                       + data["test"].weak_tokens.mean()) if reads else 0.0)
+        if whole_solution is not None:
+            curves[router.name]["prm_tokens"] = whole_solution if getattr(router, "verifier", None) == "prm" else 0.0
     return frontier_table({**step_families, **curves}, ends), curves

@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 
 from trim.experiment import Harness
-from trim.metrics import Endpoints, frontier_table
+from trim.metrics import Endpoints, accuracy_at_budget, cost_at_pgr, frontier_table, pareto_frontier
 from trim.policies import RSD, ConfidenceThreshold, Threshold
 
 # Budgets a user calibrates TRIM-Thr for, as shares of strong-only's tokens (chapter 4's calibration).
@@ -52,11 +52,9 @@ def calibrated_thresholds(harness: Harness, validation: Sequence, shares: Sequen
 
 
 def calibrated_sweep(harness: Harness, problems: Sequence, ks: dict[float, float]) -> pd.DataFrame:
-    """TRIM-Thr run at the calibrated k's on `problems`: the share of strong-only's tokens each reaches."""
-    ends, _, _ = harness.endpoints(problems)
+    """TRIM-Thr run at the calibrated k's on `problems`, each row with the target share it was calibrated for."""
     table = harness.sweep(problems, [Threshold(k) for k in ks.values()])
     table.insert(0, "target_share", list(ks))
-    table["reached_share"] = table["strong_tokens"] / ends.strong_cost
     return table
 
 
@@ -98,8 +96,6 @@ def compare_all(harness: Harness, problems: Sequence, train: Sequence, validatio
 
 def _prm_at_95(frame: pd.DataFrame, ends: Endpoints) -> float:
     """PRM tokens per query where the family's frontier first closes 95% of the gap (its CPT(95%)); NaN if never."""
-    from trim.metrics import cost_at_pgr
-
     if not len(frame):
         return float("nan")
     cost = cost_at_pgr(frame, ends, 0.95)
@@ -110,8 +106,6 @@ def prm_tokens_at_cost(frame: pd.DataFrame, ends: Endpoints, cost: float) -> flo
     """A family's PRM tokens per query at `cost` strong tokens on its Pareto frontier, interpolated between
     frontier points as CPT is (a per-query mix of two operating points); the endpoints join the frontier and
     read no PRM."""
-    from trim.metrics import pareto_frontier
-
     prm = frame["prm_tokens"] if "prm_tokens" in frame else pd.Series(0.0, index=frame.index)
     read = dict(zip(zip(frame["strong_tokens"], frame["accuracy"]), prm))   # NaN where unknown
     read.update({(0.0, ends.weak_accuracy): 0.0, (ends.strong_cost, ends.strong_accuracy): 0.0})
@@ -160,11 +154,15 @@ def break_even_price(points: pd.DataFrame, family: str, rival: str, metric: str 
     return (low + high) / 2
 
 
+def family_names(points: pd.DataFrame, families: Sequence[str] | None = None) -> list[str]:
+    """The policy families of a points table (not its endpoints), in order; only those in `families` if given."""
+    return [f for f in points["family"].unique() if f not in ("weak-only", "strong-only")
+            and (families is None or f in families)]
+
+
 def frontier_by_family(points: pd.DataFrame, ends: Endpoints, families: Sequence[str] | None = None) -> pd.DataFrame:
     """`frontier_table` of the families in a points table (as `Comparison.points` or curves.csv holds)."""
-    names = [f for f in points["family"].unique() if f not in ("weak-only", "strong-only")
-             and (families is None or f in families)]
-    return frontier_table({name: points[points["family"] == name] for name in names}, ends)
+    return frontier_table({name: points[points["family"] == name] for name in family_names(points, families)}, ends)
 
 
 def endpoints_of(points: pd.DataFrame) -> Endpoints:
@@ -180,16 +178,11 @@ def endpoints_of(points: pd.DataFrame) -> Endpoints:
 
 def accuracy_at(points: pd.DataFrame, budget: float, families: Sequence[str] | None = None) -> pd.Series:
     """Each family's best accuracy at a strong-token budget (tokens per query), from its frontier."""
-    from trim.metrics import accuracy_at_budget
-
     ends = endpoints_of(points)
-    names = [f for f in points["family"].unique() if f not in ("weak-only", "strong-only")
-             and (families is None or f in families)]
-    return pd.Series({name: accuracy_at_budget(list(zip(points.loc[points["family"] == name, "strong_tokens"],
-                                                        points.loc[points["family"] == name, "accuracy"])),
-                                               ends, budget) for name in names}, name=f"accuracy at {budget:g}")
+    return pd.Series({name: accuracy_at_budget(points[points["family"] == name], ends, budget)
+                      for name in family_names(points, families)}, name=f"accuracy at {budget:g}")
 
 
-__all__ = ["CALIBRATION_SHARES", "CONFIDENCE_GRID", "Comparison", "accuracy_at", "break_even_price", "calibrated_sweep",
-           "calibrated_thresholds", "compare_all", "confidence_sweep", "endpoints_of", "frontier_by_family",
-           "price_sweep", "prm_tokens_at_cost", "weighted_cost"]
+__all__ = ["CALIBRATION_SHARES", "CONFIDENCE_GRID", "Comparison", "accuracy_at", "break_even_price",
+           "calibrated_sweep", "calibrated_thresholds", "compare_all", "confidence_sweep", "endpoints_of",
+           "family_names", "frontier_by_family", "price_sweep", "prm_tokens_at_cost", "weighted_cost"]

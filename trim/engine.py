@@ -253,6 +253,7 @@ def _round(active: list[_State], policies: Sequence[Policy], weak, strong, prm, 
         to_score = [i for i in weak_rows if policies[active[i].policy].uses_prm
                     or policies[active[i].policy].records_scores] if prm is not None else []
         scored = _score(active, candidates, to_score, prm) if to_score else {}
+        to_score = set(to_score)   # asked once per row below, and a sweep's round holds thousands of rows
         observations = {}
         for i in weak_rows:
             state, candidate = active[i], candidates[i]

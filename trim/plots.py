@@ -141,12 +141,11 @@ def budget_explorer(splits: Mapping[str, pd.DataFrame] | pd.DataFrame, families=
     import ipywidgets as widgets
     import matplotlib.pyplot as plt
 
-    from trim.comparison import accuracy_at, endpoints_of
+    from trim.comparison import accuracy_at, endpoints_of, family_names
 
     splits = {"": splits} if isinstance(splits, pd.DataFrame) else dict(splits)
     # One colour per family, whatever the budget: a bar keeps its colour as the ranking changes.
-    names = list(dict.fromkeys(f for data in splits.values() for f in data["family"]
-                               if f not in ("weak-only", "strong-only") and (families is None or f in families)))
+    names = list(dict.fromkeys(f for data in splits.values() for f in family_names(data, families)))
     colour = {name: f"C{i % 10}" for i, name in enumerate(names)}
 
     def show(split: str, share: float):

@@ -26,8 +26,8 @@ class Observation:
     # which model wrote it ("weak" or "strong"), in step order.
     previous_tokens: tuple[int, ...] = ()
     previous_models: tuple[str, ...] = ()
-    # The weak model's confidence in the candidate: exp(mean token log-probability), in (0, 1]; None when
-    # the generator reports no log-probabilities.
+    # The weak model's confidence in the candidate: exp(mean token log-probability), in (0, 1] (0 for an
+    # empty step); None when the generator reports no log-probabilities.
     confidence: float | None = None
 
     def record(self) -> dict:
